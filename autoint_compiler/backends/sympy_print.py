@@ -1,0 +1,143 @@
+"""Print sympy expressions of pointwise functions as PyTorch source (strings only: no torch import).
+
+Deterministic (ordered terms and factors), precedence-aware, with numeric subexpressions folded to
+float literals. ``print_group`` prints several expressions of the same variable at once, sharing
+common subexpressions through ``sympy.cse``.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .. import activations as A
+from ..errors import CompileError
+
+FUNCTIONS = {
+    sp.sin: "torch.sin",
+    sp.cos: "torch.cos",
+    sp.tan: "torch.tan",
+    sp.exp: "torch.exp",
+    sp.log: "torch.log",
+    sp.tanh: "torch.tanh",
+    sp.sinh: "torch.sinh",
+    sp.cosh: "torch.cosh",
+    sp.atan: "torch.atan",
+    sp.erf: "torch.erf",
+    sp.Abs: "torch.abs",
+    sp.sign: "torch.sign",
+    A.sigmoid: "torch.sigmoid",
+    A.softplus: "F.softplus",
+    A.relu: "torch.relu",
+    A.ndtr: "torch.special.ndtr",
+}
+
+#: fused library primals (activation table's ``library`` hint) -> call template
+LIBRARY = {
+    "silu": "F.silu({x})",
+    "sigmoid": "torch.sigmoid({x})",
+    "tanh": "torch.tanh({x})",
+    "softplus": "F.softplus({x})",
+    "relu": "torch.relu({x})",
+    "gelu": "F.gelu({x})",
+    "elu": "F.elu({x}, alpha={a0})",
+    "selu": "F.selu({x})",
+}
+
+_PREC_ADD, _PREC_MUL, _PREC_NEG, _PREC_POW, _PREC_ATOM = 1, 2, 3, 4, 5
+
+
+def _float(v) -> str:
+    f = float(v)
+    return repr(int(f)) if f.is_integer() and abs(f) < 1e15 else repr(f)
+
+
+def to_torch(expr: sp.Expr, names: dict[sp.Symbol, str]) -> str:
+    return _p(expr, names)[0]
+
+
+def _p(e: sp.Expr, names) -> tuple[str, int]:
+    if e.is_Symbol:
+        if e not in names:
+            raise CompileError(f"unbound symbol {e} in a pointwise expression")
+        return names[e], _PREC_ATOM
+    if e.is_number:
+        v = complex(e.evalf(17))
+        if v.imag != 0:
+            raise CompileError(f"complex constant {e} in a pointwise expression")
+        s = _float(v.real)
+        return s, (_PREC_NEG if s.startswith("-") else _PREC_ATOM)
+    if isinstance(e, sp.Add):
+        terms = e.as_ordered_terms()
+        out = _p(terms[0], names)
+        text = out[0]
+        for t in terms[1:]:
+            coeff, rest = t.as_coeff_Mul()
+            if coeff.is_negative:
+                s, prec = _p(-t, names)
+                text += " - " + (s if prec > _PREC_ADD else f"({s})")
+            else:
+                s, prec = _p(t, names)
+                text += " + " + (s if prec > _PREC_ADD else f"({s})")
+        return text, _PREC_ADD
+    if isinstance(e, sp.Mul):
+        coeff, rest = e.as_coeff_Mul()
+        if coeff == -1:
+            s, prec = _p(rest, names)
+            return "-" + (s if prec >= _PREC_POW else f"({s})"), _PREC_NEG
+        num, den = [], []
+        for f in e.as_ordered_factors():
+            if isinstance(f, sp.Pow) and f.exp.is_number and f.exp.is_negative:
+                den.append(f.base ** (-f.exp))
+            elif f.is_Rational and f.q != 1:
+                if f.p != 1:
+                    num.append(sp.Integer(f.p))
+                den.append(sp.Integer(f.q))
+            else:
+                num.append(f)
+        text = " * ".join(_wrap(f, names, _PREC_MUL) for f in num) if num else "1"
+        for d in den:
+            text += " / " + _wrap(d, names, _PREC_POW)
+        return text, _PREC_MUL
+    if isinstance(e, sp.Pow):
+        base, ex = e.base, e.exp
+        if ex == sp.Rational(1, 2):
+            return f"torch.sqrt({_p(base, names)[0]})", _PREC_ATOM
+        if ex.is_number and ex.is_negative:
+            return f"1 / {_wrap(base ** (-ex), names, _PREC_POW)}", _PREC_MUL
+        if ex == 2 and base.is_Symbol:
+            s = _p(base, names)[0]
+            return f"{s} * {s}", _PREC_MUL
+        if base == sp.E:
+            return f"torch.exp({_p(ex, names)[0]})", _PREC_ATOM
+        return f"{_wrap(base, names, _PREC_POW + 1)} ** {_wrap(ex, names, _PREC_POW + 1)}", _PREC_POW
+    if isinstance(e, A.step):
+        s = _p(e.args[0], names)[0]
+        return f"({s} > 0).to({_dtype_source(e.args[0], names)}.dtype)", _PREC_ATOM
+    fn = FUNCTIONS.get(type(e))
+    if fn is None:
+        raise CompileError(f"no PyTorch printing rule for sympy function {type(e).__name__}")
+    return f"{fn}({', '.join(_p(a, names)[0] for a in e.args)})", _PREC_ATOM
+
+
+def _dtype_source(e: sp.Expr, names) -> str:
+    sym = sorted(e.free_symbols, key=str)[0]
+    return names[sym]
+
+
+def _wrap(e, names, prec: int) -> str:
+    s, p = _p(e, names)
+    return s if p >= prec else f"({s})"
+
+
+def print_group(exprs: list[sp.Expr], var: str, prefix: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """Print expressions of ``x`` (with ``x`` named ``var``): returns the shared temporaries
+    ``[(name, code)]`` and one code string per expression."""
+    names = {A.x: var}
+    syms = sp.numbered_symbols(prefix, real=True)
+    replacements, reduced = sp.cse(exprs, symbols=syms, order="canonical")
+    temps = []
+    for sym, sub in replacements:
+        code = to_torch(sub, names)
+        names[sym] = str(sym)
+        temps.append((str(sym), code))
+    return temps, [to_torch(r, names) for r in reduced]

@@ -1,0 +1,226 @@
+"""The PyTorch backend: IR graphs -> one readable Python module (jinja2 template) holding
+``IntegralNet`` (owns every parameter and constant) and ``GradNet`` (reads them through
+``self.integral``), so the two always share tensors. Source text only: no torch import here.
+
+Emission is one statement per IR node, in schedule order, with three refinements:
+- views (input columns, slices, weight columns) are inlined where used, not assigned;
+- pointwise nodes of the same input are printed together, sharing subexpressions (``sympy.cse``),
+  so ``swish(z)`` and ``swish'(z)`` compute ``sigmoid(z)`` once;
+- a row that is the same for every sample (``[1, width]``) stays a row and broadcasts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .. import activations as A
+from ..errors import CompileError
+from ..ir import IRGraph
+from ..templating import render
+from . import sympy_print
+
+
+def _f(v: float) -> str:
+    v = float(v)
+    if math.isnan(v) or math.isinf(v):
+        raise CompileError(f"non-finite constant {v} cannot be emitted")
+    return repr(v)
+
+
+@dataclass
+class Buffer:
+    name: str
+    values: tuple[float, ...]
+
+    @property
+    def literal(self) -> str:
+        return "[[" + ", ".join(_f(v) for v in self.values) + "]]"
+
+
+@dataclass
+class Emitted:
+    lines: list[str] = field(default_factory=list)
+    buffers: list[Buffer] = field(default_factory=list)
+    result: str = ""
+
+
+class _Emitter:
+    def __init__(self, g: IRGraph, tag: str, owner: str):
+        self.g = g
+        self.tag = tag  # buffer name prefix, distinct per graph
+        self.owner = owner  # expression for the module holding parameters and buffers
+        self.out = Emitted()
+        self.inline: dict[int, str] = {}
+        self.var: dict[int, str] = {}
+        self.done: set[int] = set()
+        self.groups: dict[int, list[int]] = defaultdict(list)
+        for nid in g.order():
+            if g.op(nid) == "pointwise":
+                self.groups[g.inputs_of(nid)[0]].append(nid)
+
+    # -- references ---------------------------------------------------------------------------------
+    def ref(self, nid: int) -> str:
+        if nid in self.inline:
+            return self.inline[nid]
+        return self.var[nid]
+
+    def batched_ref(self, nid: int) -> str:
+        """A reference with N rows (rows that are the same for all samples are expanded, a view)."""
+        r = self.ref(nid)
+        return r if self.g.nodes[nid]["batched"] else f"{self._atom(r)}.expand(x.shape[0], -1)"
+
+    @staticmethod
+    def _atom(r: str) -> str:
+        return r if r.replace("_", "").replace(".", "").isalnum() or r.endswith(")") or r.endswith("]") else f"({r})"
+
+    def buffer(self, nid: int, values) -> str:
+        name = f"{self.tag}{nid}"
+        self.out.buffers.append(Buffer(name, tuple(values)))
+        return f"{self.owner}.{name}"
+
+    def assign(self, nid: int, code: str, comment: str = "") -> None:
+        name = f"v{nid}"
+        self.var[nid] = name
+        line = f"{name} = {code}"
+        if comment:
+            line += f"  # {comment}"
+        self.out.lines.append(line)
+
+    def param(self, name: str, part: str) -> str:
+        return f"{self.owner}.{name}_{part}"
+
+    # -- emission -------------------------------------------------------------------------------------
+    def run(self) -> Emitted:
+        g = self.g
+        for nid in g.order():
+            if nid in self.done:
+                continue
+            self.emit(nid)
+            self.done.add(nid)
+        (o,) = g.graph["outputs"]
+        self.out.result = self.batched_ref(o)
+        return self.out
+
+    def emit(self, nid: int) -> None:
+        g = self.g
+        d = g.nodes[nid]
+        op, a, ins = d["op"], d["attrs"], d["inputs"]
+        r = [self.ref(i) for i in ins if i in self.inline or i in self.var]
+        if op == "input":
+            full = a["start"] == 0 and a["stop"] == sum(b - s for s, b in g.graph["inputs"].values())
+            self.inline[nid] = "x" if full else f"x[:, {a['start']}:{a['stop']}]"
+        elif op == "constant":
+            self.inline[nid] = self.buffer(nid, a["value"])
+        elif op == "wcol":
+            self.inline[nid] = f"{self.param(a['param'], 'weight')}[:, {a['col']}:{a['col'] + 1}].t()"
+        elif op == "slice":
+            self.inline[nid] = f"{self._atom(r[0])}[:, {a['start']}:{a['stop']}]"
+        elif op == "concat" and self._contiguous_inputs(ins):
+            first, last = g.attrs(ins[0]), g.attrs(ins[-1])
+            total = sum(b - s for s, b in g.graph["inputs"].values())
+            self.inline[nid] = "x" if (first["start"], last["stop"]) == (0, total) else f"x[:, {first['start']}:{last['stop']}]"
+        elif op == "concat":
+            parts = [self.batched_ref(i) for i in ins] if d["batched"] else r
+            self.assign(nid, f"torch.cat([{', '.join(parts)}], 1)")
+        elif op == "linear":
+            p = g.graph["params"][a["param"]]
+            w = self.param(a["param"], "weight")
+            if tuple(a["cols"]) != (0, p.inp):
+                w += f"[:, {a['cols'][0]}:{a['cols'][1]}]"
+            args = [r[0], w] + ([self.param(a["param"], "bias")] if a["bias"] else [])
+            self.assign(nid, f"F.linear({', '.join(args)})")
+        elif op in ("add", "sub", "mul"):
+            sym = {"add": "+", "sub": "-", "mul": "*"}[op]
+            self.assign(nid, f"{r[0]} {sym} {self._atom(r[1]) if op == 'sub' else r[1]}")
+        elif op == "neg":
+            self.assign(nid, f"-{self._atom(r[0])}")
+        elif op == "scale":
+            self.assign(nid, f"{_f(a['value'])} * {self._atom(r[0])}")
+        elif op == "sum":
+            self.assign(nid, f"{self._atom(r[0])}.sum(1, keepdim=True)")
+        elif op == "expand":
+            self.assign(nid, f"{self._atom(r[0])}.expand(-1, {a['out']})")
+        elif op == "fscale":
+            self.assign(nid, self._fscale(nid, r[0], g.width(ins[0]), a["freqs"]))
+        elif op == "posenc":
+            u = f"u{nid}"
+            self.out.lines.append(f"{u} = {self._fscale(nid, r[0], g.width(ins[0]), a['freqs'])}")
+            parts = ([r[0]] if a["include_input"] else []) + [f"torch.sin({u})", f"torch.cos({u})"]
+            self.assign(nid, f"torch.cat([{', '.join(parts)}], 1)", "positional encoding")
+        elif op == "pointwise":
+            self._pointwise_group(ins[0])
+        else:
+            raise CompileError(f"torch backend: no emission rule for op {op!r} (node %{nid})")
+
+    def _contiguous_inputs(self, ins) -> bool:
+        g = self.g
+        if not all(g.op(i) == "input" for i in ins):
+            return False
+        return all(g.attrs(p)["stop"] == g.attrs(q)["start"] for p, q in zip(ins, ins[1:]))
+
+    def _fscale(self, nid: int, src: str, width: int, freqs) -> str:
+        buf = self.buffer(nid, [f for f in freqs for _ in range(width)])
+        if width == 1:
+            return f"{self._atom(src)} * {buf}"
+        return f"{self._atom(src)}.repeat(1, {len(freqs)}) * {buf}"
+
+    def _pointwise_group(self, src: int) -> None:
+        members = self.groups[src]
+        var = self.ref(src)
+        if not var.isidentifier():  # give the shared input a name so the expressions stay short
+            self.assign(src, var)
+            var = self.var[src]
+            self.inline.pop(src, None)
+        fns = [A.lookup(self.g.attrs(m)["fn"]) for m in members]
+        symbolic = []
+        for m, fn in zip(members, fns):
+            if fn.library:
+                args = {f"a{i}": _f(v) for i, v in enumerate(fn.library_args)}
+                self.assign(m, sympy_print.LIBRARY[fn.library].format(x=var, **args), fn.label)
+            else:
+                symbolic.append((m, fn))
+        if symbolic:
+            temps, codes = sympy_print.print_group([fn.expr for _, fn in symbolic], var, f"{var}_")
+            for name, code in temps:
+                self.out.lines.append(f"{name} = {code}")
+            for (m, fn), code in zip(symbolic, codes):
+                self.assign(m, code, fn.label)
+        self.done.update(members)
+
+
+def emit_graph(g: IRGraph, tag: str, owner: str) -> Emitted:
+    if len(g.graph["outputs"]) != 1:
+        raise CompileError("torch backend: exactly one output node expected")
+    return _Emitter(g, tag, owner).run()
+
+
+def generate(spec, integral_ir: IRGraph, grad_ir: IRGraph, version: str) -> str:
+    """The module source for a spec and its two graphs (deterministic: same input, same text)."""
+    integral = emit_graph(integral_ir, "ci", "self")
+    grad = emit_graph(grad_ir, "cg", "m")
+    params = [
+        dict(name=name, out=p.out, inp=p.inp, bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
+        for name, p in sorted(integral_ir.graph["params"].items())
+    ]
+    nonsmooth = sorted({A.lookup(grad_ir.attrs(n)["fn"]).label for n in grad_ir.order()
+                        if grad_ir.op(n) == "pointwise" and not A.lookup(grad_ir.attrs(n)["fn"]).smooth})
+    return render(
+        "torch_module.py.j2",
+        spec=spec,
+        version=version,
+        params=params,
+        integral=integral,
+        grad=grad,
+        buffers=integral.buffers + grad.buffers,
+        dtype="torch.float64" if spec.dtype == "float64" else "torch.float32",
+        in_features=spec.in_features,
+        out_features=integral_ir.width(integral_ir.graph["outputs"][0]),
+        columns=tuple(spec.integration_columns),
+        wrt=list(spec.integrate),
+        grad_title=("d" if len(spec.integrate) == 1 else f"d^{len(spec.integrate)} ") + "Phi / "
+        + " ".join(f"d{v}" for v in spec.integrate),
+        grad_uses_m=any("m." in line for line in grad.lines + [grad.result]) or bool(grad.buffers),
+        nonsmooth=nonsmooth,
+    )

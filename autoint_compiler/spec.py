@@ -1,0 +1,504 @@
+"""The YAML network spec: loading (``yaml.safe_load`` only), schema validation (pydantic) and the
+semantic checks a schema cannot express (references, cycles, integration variables).
+
+Every problem becomes a ``SpecError`` that names the file, the field path (``mlp.hidden[1]``) and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import networkx as nx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .activations import ACTIVATIONS, FormulaError, parse_formula
+from .errors import SpecError
+from .names import is_identifier, safe_identifier
+
+# ---------------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------------
+
+PositiveInt = int
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NamedActivation(_Strict):
+    name: str
+    w0: float | None = None
+    alpha: float | None = None
+
+
+class FormulaActivation(_Strict):
+    formula: str
+
+
+ActivationSpec = Union[str, NamedActivation, FormulaActivation]
+
+
+def _check_activation(value: Any) -> Any:
+    """Validate one activation entry; returns it normalised to a model."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"expected an activation name, {{name: ..., w0: ...}} or {{formula: '...'}}, got {value!r}"
+        )
+    if "formula" in value:
+        extra = sorted(set(value) - {"formula"})
+        if extra:
+            raise ValueError(f"unknown key {extra[0]!r} beside 'formula' (expected only formula)")
+        try:
+            parse_formula(value["formula"])
+        except FormulaError as exc:
+            raise ValueError(f"bad formula: {exc}") from None
+        return FormulaActivation(formula=value["formula"])
+    extra = sorted(set(value) - {"name", "w0", "alpha"})
+    if extra:
+        raise ValueError(f"unknown key {extra[0]!r} (expected name, w0, alpha or formula)")
+    name = value.get("name")
+    if name not in ACTIVATIONS:
+        known = ", ".join(sorted(ACTIVATIONS))
+        raise ValueError(f"unknown activation {name!r}; expected one of: {known}; or {{formula: '...'}}")
+    allowed = {p for p, _ in ACTIVATIONS[name].params}
+    for key in ("w0", "alpha"):
+        if key in value:
+            if key not in allowed:
+                raise ValueError(f"activation {name!r} takes no parameter {key!r}")
+            v = value[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{key} must be a number, got {v!r}")
+    if "w0" in value and not value["w0"] > 0:
+        raise ValueError(f"w0 must be > 0, got {value['w0']!r}")
+    return NamedActivation(**{k: (float(v) if k != "name" else v) for k, v in value.items()})
+
+
+class EncodingSpec(_Strict):
+    inputs: list[str] = Field(min_length=1)
+    frequencies: int = Field(ge=1, le=32)
+    include_input: bool = True
+
+
+class MLPSpec(_Strict):
+    hidden: list[int] = Field(min_length=1, max_length=256)
+    activation: Any = "swish"
+    encoding: EncodingSpec | None = None
+    skips: list[int] = Field(default_factory=list)
+    bias: bool = True
+
+    @field_validator("hidden")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        for i, w in enumerate(v):
+            if not 1 <= w <= 65536:
+                raise ValueError(f"hidden[{i}]: expected a width between 1 and 65536, got {w}")
+        return v
+
+    @field_validator("activation", mode="before")
+    @classmethod
+    def _activation(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("expected at least one activation in the list")
+            out = []
+            for i, item in enumerate(v):
+                try:
+                    out.append(_check_activation(item))
+                except ValueError as exc:
+                    raise ValueError(f"[{i}]: {exc}") from None
+            return out
+        return _check_activation(v)
+
+
+#: graph-node ops with their attributes: name -> (required, optional-with-default)
+GRAPH_OPS: dict[str, tuple[dict[str, type], dict[str, Any]]] = {
+    "linear": ({"out": int}, {"bias": True}),
+    "posenc": ({"frequencies": int}, {"include_input": True}),
+    "add": ({}, {}),
+    "sub": ({}, {}),
+    "mul": ({}, {}),
+    "scale": ({"value": float}, {}),
+    "neg": ({}, {}),
+    "sum": ({}, {}),
+    "constant": ({"value": float}, {"out": 1}),
+    "concat": ({}, {}),
+    "slice": ({"start": int, "stop": int}, {}),
+    "formula": ({"formula": str}, {}),
+}
+for _name, _row in ACTIVATIONS.items():
+    GRAPH_OPS[_name] = ({}, {p: d for p, d in _row.params})
+
+#: how many inputs each op takes (None: any number >= 1); one-input ops concatenate several inputs
+BINARY_OPS = {"add", "sub", "mul"}
+NULLARY_OPS = {"constant"}
+
+
+class GraphNode(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
+    name: str
+    op: str
+    inputs: list[str] = Field(default_factory=list, alias="in")
+
+
+class NetworkSpec(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    inputs: dict[str, int] = Field(min_length=1)
+    integrate: list[str] = Field(min_length=1, max_length=3)
+    output: int | None = Field(default=None, ge=1, le=65536)
+    mlp: MLPSpec | None = None
+    graph: list[GraphNode] | None = None
+    backend: Literal["torch", "triton"] = "torch"
+    dtype: Literal["float32", "float64"] = "float32"
+    init: Literal["default", "siren", "xavier"] = "default"
+    seed: int | None = None
+
+    @property
+    def ident(self) -> str:
+        """The spec name as a safe Python identifier (module and class prefix)."""
+        return safe_identifier(self.name)
+
+    @property
+    def in_features(self) -> int:
+        return sum(self.inputs.values())
+
+    def column_of(self, name: str) -> tuple[int, int]:
+        start = 0
+        for n, d in self.inputs.items():
+            if n == name:
+                return start, start + d
+            start += d
+        raise KeyError(name)
+
+    @property
+    def integration_columns(self) -> list[int]:
+        return [self.column_of(n)[0] for n in self.integrate]
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_spec(spec: Any) -> NetworkSpec:
+    """A validated ``NetworkSpec`` from a path, a YAML string, a dict or a ``NetworkSpec``."""
+    if isinstance(spec, NetworkSpec):
+        return spec
+    source, data = _read(spec)
+    return validate(data, source)
+
+
+def _read(spec: Any) -> tuple[str, Any]:
+    if isinstance(spec, dict):
+        return "<dict>", spec
+    if isinstance(spec, os.PathLike) or (
+        isinstance(spec, str) and "\n" not in spec and spec.strip().endswith((".yaml", ".yml"))
+    ):
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecError(str(path), [("", "file not found")])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(str(path), [("", f"cannot read the file ({exc.__class__.__name__}: {exc})")]) from None
+        return str(path), _parse_yaml(text, str(path))
+    if isinstance(spec, str):
+        return "<string>", _parse_yaml(spec, "<string>")
+    raise SpecError("<spec>", [("", f"expected a path, a YAML string or a dict, got {type(spec).__name__}")])
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, [("", f"invalid YAML: {where}{problem}")]) from None
+
+
+def validate(data: Any, source: str = "<dict>") -> NetworkSpec:
+    if not isinstance(data, dict):
+        raise SpecError(source, [("", f"expected a mapping at the top level, got {_kind(data)}")])
+    try:
+        spec = NetworkSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, [_describe(e) for e in exc.errors()]) from None
+    problems = _semantic_problems(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def _kind(v: Any) -> str:
+    return {type(None): "nothing (empty document)", list: "a list", str: "a string"}.get(type(v), type(v).__name__)
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+_MESSAGES = {
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown key",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "literal_error": "expected {expected}",
+}
+
+
+def _describe(err: dict) -> tuple[str, str]:
+    loc = tuple(p for p in err["loc"] if p not in ("function-after[_widths(), list[int]]",))
+    path = _path(loc)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        parent_path, key = _path(loc[:-1]), loc[-1]
+        allowed = _allowed_keys(loc[:-1])
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return parent_path or "(top level)", f"unknown key {key!r}{hint}"
+    if kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        if msg.startswith("hidden["):  # the widths validator names the element itself
+            idx, _, rest = msg.partition(": ")
+            return f"{path}{idx[len('hidden'):]}", rest
+        if msg.startswith("[") and "]: " in msg:
+            idx, _, rest = msg.partition(": ")
+            return f"{path}{idx}", rest
+        return path, msg
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        return path, f"expected a value {op} {bound}, got {got!r}"
+    if kind in ("too_short", "too_long"):
+        return path, f"expected {_length_text(ctx, kind)}, got {len(got) if hasattr(got, '__len__') else got!r}"
+    if kind == "literal_error":
+        return path, f"expected {ctx.get('expected')}, got {got!r}"
+    if kind == "missing":
+        return path, "required field is missing"
+    base = _MESSAGES.get(kind, err["msg"])
+    return path, f"{base}, got {_short(got)}"
+
+
+def _length_text(ctx: dict, kind: str) -> str:
+    if kind == "too_short":
+        return f"at least {ctx.get('min_length')} item(s)"
+    return f"at most {ctx.get('max_length')} item(s)"
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys a mapping at ``loc`` accepts, by walking the schema models."""
+    model: Any = NetworkSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
+        nxt = None
+        for c in candidates:
+            inner = getattr(c, "__args__", None)
+            for t in (c, *(inner or ())):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    nxt = t
+        if nxt is None and hasattr(ann, "__args__"):
+            for a in ann.__args__:
+                for t in getattr(a, "__args__", ()):
+                    if isinstance(t, type) and issubclass(t, BaseModel):
+                        nxt = t
+        if nxt is None:
+            return []
+        model = nxt
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Semantic checks
+# ---------------------------------------------------------------------------------------------------
+
+
+def _semantic_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for name, dim in spec.inputs.items():
+        if not is_identifier(name):
+            problems.append((f"inputs.{name!r}", "expected an identifier (letters, digits, _; not a keyword)"))
+        if not 1 <= dim <= 4096:
+            problems.append((f"inputs.{name}", f"expected a dimension between 1 and 4096, got {dim}"))
+    seen = set()
+    for i, var in enumerate(spec.integrate):
+        if var not in spec.inputs:
+            problems.append((f"integrate[{i}]", f"unknown input {var!r}; expected one of: {', '.join(spec.inputs)}"))
+        elif spec.inputs[var] != 1:
+            problems.append((f"integrate[{i}]", f"input {var!r} has dimension {spec.inputs[var]}; expected 1"))
+        if var in seen:
+            problems.append((f"integrate[{i}]", f"{var!r} is listed twice"))
+        seen.add(var)
+    if (spec.mlp is None) == (spec.graph is None):
+        problems.append(("", "expected exactly one of 'mlp' or 'graph'"))
+        return problems
+    if spec.mlp is not None:
+        problems += _mlp_problems(spec)
+    else:
+        problems += _graph_problems(spec)
+    return problems
+
+
+def _mlp_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
+    mlp = spec.mlp
+    problems = []
+    if spec.output is None:
+        problems.append(("output", "required field is missing (the MLP's output width)"))
+    if isinstance(mlp.activation, list) and len(mlp.activation) != len(mlp.hidden):
+        problems.append(
+            ("mlp.activation", f"expected one activation per hidden layer ({len(mlp.hidden)}), got {len(mlp.activation)}")
+        )
+    if mlp.encoding is not None:
+        for i, name in enumerate(mlp.encoding.inputs):
+            if name not in spec.inputs:
+                problems.append((f"mlp.encoding.inputs[{i}]", f"unknown input {name!r}; expected one of: {', '.join(spec.inputs)}"))
+        if len(set(mlp.encoding.inputs)) != len(mlp.encoding.inputs):
+            problems.append(("mlp.encoding.inputs", "an input is listed twice"))
+    for i, s in enumerate(mlp.skips):
+        if not 1 <= s < len(mlp.hidden):
+            problems.append((f"mlp.skips[{i}]", f"expected a hidden layer index between 1 and {len(mlp.hidden) - 1}, got {s}"))
+    if len(set(mlp.skips)) != len(mlp.skips):
+        problems.append(("mlp.skips", "a layer is listed twice"))
+    return problems
+
+
+def _graph_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
+    problems = []
+    nodes = spec.graph
+    if not nodes:
+        return [("graph", "expected at least one node")]
+    names: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        where = f"graph[{i}]"
+        if not is_identifier(node.name):
+            problems.append((f"{where}.name", f"expected an identifier (letters, digits, _), got {node.name!r}"))
+        if node.name in spec.inputs:
+            problems.append((f"{where}.name", f"{node.name!r} is already an input name"))
+        if node.name in names:
+            problems.append((f"{where}.name", f"duplicate node name {node.name!r} (first at graph[{names[node.name]}])"))
+        names.setdefault(node.name, i)
+        if node.op not in GRAPH_OPS:
+            problems.append((f"{where}.op", f"unknown op {node.op!r}; expected one of: {', '.join(sorted(GRAPH_OPS))}"))
+            continue
+        problems += _attr_problems(node, where)
+        n_in = len(node.inputs)
+        if node.op in NULLARY_OPS and n_in:
+            problems.append((f"{where}.in", f"op {node.op!r} takes no inputs, got {n_in}"))
+        elif node.op in BINARY_OPS and n_in != 2:
+            problems.append((f"{where}.in", f"op {node.op!r} takes exactly 2 inputs, got {n_in}"))
+        elif node.op not in NULLARY_OPS and n_in == 0:
+            problems.append((f"{where}.in", f"op {node.op!r} needs at least one input"))
+    if problems:
+        return problems
+    g = nx.DiGraph()
+    g.add_nodes_from(n.name for n in nodes)
+    for i, node in enumerate(nodes):
+        for j, ref in enumerate(node.inputs):
+            if ref in spec.inputs:
+                continue
+            if ref not in names:
+                known = ", ".join(list(spec.inputs) + [n.name for n in nodes])
+                problems.append((f"graph[{i}].in[{j}]", f"unknown reference {ref!r}; expected an input or node name ({known})"))
+            else:
+                g.add_edge(ref, node.name)
+    if problems:
+        return problems
+    try:
+        cycle = nx.find_cycle(g)
+        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+        return [("graph", f"the nodes form a cycle: {path}")]
+    except nx.NetworkXNoCycle:
+        pass
+    used_inputs = {r for n in nodes for r in n.inputs}
+    for var in spec.integrate:
+        if var not in used_inputs:
+            problems.append(("integrate", f"integration variable {var!r} is not used by any graph node"))
+    if spec.output is not None:
+        problems.append(("output", "not used with 'graph' (the last node's width is the output)"))
+    return problems
+
+
+def _attr_problems(node: GraphNode, where: str) -> list[tuple[str, str]]:
+    required, optional = GRAPH_OPS[node.op]
+    attrs = dict(node.model_extra or {})
+    problems = []
+    for key in sorted(attrs):
+        if key not in required and key not in optional:
+            allowed = ", ".join(["name", "op", "in", *required, *optional])
+            problems.append((f"{where}.{key}", f"unknown key for op {node.op!r}; expected one of: {allowed}"))
+    for key, typ in required.items():
+        if key not in attrs:
+            problems.append((f"{where}.{key}", f"required for op {node.op!r} ({_type_name(typ)})"))
+    for key, value in attrs.items():
+        typ = required.get(key) or (type(optional[key]) if key in optional else None)
+        if typ is None:
+            continue
+        if not _type_ok(value, typ):
+            problems.append((f"{where}.{key}", f"expected {_type_name(typ)}, got {_short(value)}"))
+        elif key in ("out", "frequencies") and value < 1:
+            problems.append((f"{where}.{key}", f"expected a value >= 1, got {value}"))
+        elif key == "formula":
+            try:
+                parse_formula(value)
+            except FormulaError as exc:
+                problems.append((f"{where}.formula", f"bad formula: {exc}"))
+    return problems
+
+
+def _type_ok(value: Any, typ: type) -> bool:
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typ)
+
+
+def _type_name(typ: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[typ]
+
+
+def node_attrs(node: GraphNode) -> dict[str, Any]:
+    """A graph node's op attributes with the defaults filled in."""
+    required, optional = GRAPH_OPS[node.op]
+    out = dict(optional)
+    out.update(node.model_extra or {})
+    return out
