@@ -307,6 +307,10 @@ class Builder:
         return self.g.add("expand", (a,), out=out)
 
     def concat(self, parts: list[int]) -> int:
+        flat: list[int] = []
+        for p in parts:  # concat(a, concat(b, c)) = concat(a, b, c)
+            flat.extend(self.g.inputs_of(p) if self.g.op(p) == "concat" else (p,))
+        parts = flat
         if len(parts) == 1:
             return parts[0]
         cs = [self.cval(p) for p in parts]

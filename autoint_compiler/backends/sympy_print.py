@@ -81,9 +81,9 @@ def _p(e: sp.Expr, names) -> tuple[str, int]:
         return text, _PREC_ADD
     if isinstance(e, sp.Mul):
         coeff, rest = e.as_coeff_Mul()
-        if coeff == -1:
-            s, prec = _p(rest, names)
-            return "-" + (s if prec >= _PREC_POW else f"({s})"), _PREC_NEG
+        if coeff.is_negative:
+            s, prec = _p(-e, names)  # -(a * b) prints as -a * b: same value, fewer parentheses
+            return "-" + (s if prec >= _PREC_MUL else f"({s})"), _PREC_NEG
         num, den = [], []
         for f in e.as_ordered_factors():
             if isinstance(f, sp.Pow) and f.exp.is_number and f.exp.is_negative:
@@ -141,3 +141,29 @@ def print_group(exprs: list[sp.Expr], var: str, prefix: str) -> tuple[list[tuple
         names[sym] = str(sym)
         temps.append((str(sym), code))
     return temps, [to_torch(r, names) for r in reduced]
+
+
+def split_long(name: str, code: str, limit: int = 96) -> list[str]:
+    """``name = code`` as one line, or, when longer than ``limit``, a parenthesised block broken at
+    the top-level ``+``/``-`` (else ``*``) operators, so generated files stay within the line length."""
+    line = f"{name} = {code}"
+    if len(line) <= limit:
+        return [line]
+    for ops in ((" + ", " - "), (" * ", " / ")):
+        pieces, depth, start, i = [], 0, 0, 0
+        while i < len(code):
+            ch = code[i]
+            if ch in "([":
+                depth += 1
+            elif ch in ")]":
+                depth -= 1
+            elif depth == 0 and any(code.startswith(op, i) for op in ops):
+                pieces.append(code[start:i])
+                start = i + 1  # keep the operator with the next piece
+                i += 2
+                continue
+            i += 1
+        pieces.append(code[start:])
+        if len(pieces) > 1:
+            return [f"{name} = ("] + [f"    {p.strip()}" for p in pieces] + [")"]
+    return [line]

@@ -12,6 +12,7 @@ Emission is one statement per IR node, in schedule order, with three refinements
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -37,6 +38,27 @@ class Buffer:
     @property
     def literal(self) -> str:
         return "[[" + ", ".join(_f(v) for v in self.values) + "]]"
+
+    def lines(self) -> list[str]:
+        """``register_buffer`` call, wrapped to stay within the line length."""
+        one = f'self.register_buffer("{self.name}", torch.tensor({self.literal}, **kw), persistent=False)'
+        if len(one) <= 100:
+            return [one]
+        wrapped = textwrap.wrap(", ".join(_f(v) for v in self.values), width=84, break_long_words=False)
+        body = [f"        [{w}" if i == 0 else f"         {w}" for i, w in enumerate(wrapped)]
+        body[-1] += "]"
+        return [
+            "self.register_buffer(",
+            f'    "{self.name}",',
+            "    torch.tensor(",
+            "        [",
+            *["    " + b for b in body],
+            "        ],",
+            "        **kw,",
+            "    ),",
+            "    persistent=False,",
+            ")",
+        ]
 
 
 @dataclass
@@ -83,10 +105,12 @@ class _Emitter:
     def assign(self, nid: int, code: str, comment: str = "") -> None:
         name = f"v{nid}"
         self.var[nid] = name
-        line = f"{name} = {code}"
-        if comment:
-            line += f"  # {comment}"
-        self.out.lines.append(line)
+        lines = sympy_print.split_long(name, code)
+        if comment and len(lines[0]) + len(comment) <= 98:
+            lines[0] += f"  # {comment}"
+        elif comment:
+            lines.insert(0, f"# {comment}")
+        self.out.lines.extend(lines)
 
     def param(self, name: str, part: str) -> str:
         return f"{self.owner}.{name}_{part}"
@@ -184,7 +208,7 @@ class _Emitter:
         if symbolic:
             temps, codes = sympy_print.print_group([fn.expr for _, fn in symbolic], var, f"{var}_")
             for name, code in temps:
-                self.out.lines.append(f"{name} = {code}")
+                self.out.lines.extend(sympy_print.split_long(name, code))
             for (m, fn), code in zip(symbolic, codes):
                 self.assign(m, code, fn.label)
         self.done.update(members)
@@ -213,7 +237,7 @@ def generate(spec, integral_ir: IRGraph, grad_ir: IRGraph, version: str) -> str:
         params=params,
         integral=integral,
         grad=grad,
-        buffers=integral.buffers + grad.buffers,
+        buffer_lines=[line for b in integral.buffers + grad.buffers for line in b.lines()],
         dtype="torch.float64" if spec.dtype == "float64" else "torch.float32",
         in_features=spec.in_features,
         out_features=integral_ir.width(integral_ir.graph["outputs"][0]),

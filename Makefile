@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, compile the bundled examples, fit the 1-D example, print its integral
+#   make test   set up and run the whole test suite
+# torch is pinned here only (a CPU wheel); pyproject keeps torch>=2.3 so GPU users keep their build.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+OUT ?= out
+
+.PHONY: setup demo test bench lint ct oned clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	@for spec in examples/*.yaml; do $(VENV)/bin/autoint-compile "$$spec" -o $(OUT)/examples || exit 1; done
+	$(VENV)/bin/autoint-compile train-1d --signal poly --out $(OUT)/oned
+
+test: setup
+	$(PY) -m pytest -n 2 -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check autoint_compiler tests benchmarks
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+oned: setup
+	$(VENV)/bin/autoint-compile train-1d --signal all --out $(OUT)/oned
+
+ct: setup
+	$(VENV)/bin/autoint-compile ct --out $(OUT)/ct
+
+clean:
+	rm -rf $(OUT) .pytest_cache .hypothesis

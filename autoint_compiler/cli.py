@@ -1,0 +1,144 @@
+"""``autoint-compile``: compile specs to Python modules, inspect graphs, list the rules, and run the
+experiments.
+
+    autoint-compile SPEC [-o DIR]                      write DIR/<name>.py and the IR text of both graphs
+    autoint-compile inspect SPEC --graph grad --format {text,dot,svg} [-o FILE]
+    autoint-compile rules                              the activation table and its derivatives
+    autoint-compile train-1d ... | ct ...              the experiments (see --help of each)
+
+Spec and compile errors print in one or two lines and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import AutoIntError
+
+EXPERIMENTS = ("autoint_compiler.apps.oned", "autoint_compiler.apps.ct")
+COMMANDS = {"compile", "inspect", "rules"}
+
+
+def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    p = argparse.ArgumentParser(
+        prog="autoint-compile",
+        description="Compile AutoInt network specs (YAML) into PyTorch integral and grad networks.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    c = sub.add_parser("compile", help="compile a spec to DIR/<name>.py (the default command)")
+    c.add_argument("spec", help="network spec (YAML file)")
+    c.add_argument("-o", "--out", default=".", help="output folder (default: .)")
+    c.add_argument("--backend", choices=["torch", "triton"], default=None)
+    c.set_defaults(func=cmd_compile)
+
+    i = sub.add_parser("inspect", help="print or draw the integral or grad graph")
+    i.add_argument("spec")
+    i.add_argument("--graph", choices=["integral", "grad"], default="grad")
+    i.add_argument("--format", choices=["text", "dot", "svg"], default="text")
+    i.add_argument("-o", "--out", default=None, help="write to this file (svg: default <name>.<graph>.svg)")
+    i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser("rules", help="list the activations and their sympy-derived derivatives")
+    r.set_defaults(func=cmd_rules)
+
+    names = list(COMMANDS)
+    for modname in EXPERIMENTS:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError as exc:  # an experiment whose optional dependency is missing
+            if exc.name and exc.name.startswith("autoint_compiler"):
+                continue
+            raise
+        before = set(sub.choices)
+        mod.add_parser(sub)
+        names += sorted(set(sub.choices) - before)
+    return p, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, names = _parser()
+    if argv and argv[0] not in names and not argv[0].startswith("-"):
+        argv.insert(0, "compile")  # `autoint-compile SPEC` is `autoint-compile compile SPEC`
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AutoIntError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_compile(args) -> int:
+    from .compiler import atomic_write_text, compile_source, format_report
+
+    cs = compile_source(args.spec, args.backend)
+    out = Path(args.out)
+    for name, text in cs.files().items():
+        atomic_write_text(out / name, text)
+        print(f"wrote {out / name}")
+    print(format_report(cs))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .compiler import compile_source
+    from .ir import format_graph, to_dot
+
+    cs = compile_source(args.spec)
+    g = cs.integral_ir if args.graph == "integral" else cs.grad_ir
+    if args.format == "text":
+        text = format_graph(g)
+    else:
+        text = to_dot(g)
+    if args.format == "svg":
+        dot = shutil.which("dot")
+        if dot is None:
+            print(
+                "error: --format svg needs Graphviz's `dot` program, which is not installed "
+                "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz; "
+                "or use --format dot and render it elsewhere)",
+                file=sys.stderr,
+            )
+            return 2
+        target = Path(args.out or f"{cs.name}.{args.graph}.svg")
+        res = subprocess.run([dot, "-Tsvg", "-o", str(target)], input=text, text=True, capture_output=True)
+        if res.returncode != 0:
+            print(f"error: dot failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return 2
+        print(f"wrote {target}")
+        return 0
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_rules(args) -> int:
+    from . import activations as A
+    from .ir import OPS
+    from .rules import RULES
+
+    print("IR ops and their forward-mode rules:")
+    for op in sorted(OPS):
+        print(f"  {op:10s} {OPS[op].doc}  [rule: {RULES[op].__name__.lstrip('_')}]")
+    print("\nActivations (derived once with sympy):")
+    for name in sorted(A.ACTIVATIONS):
+        fn = A.activation(name)
+        d = A.derivative(fn.key)
+        smooth = "" if d.smooth else "   (not smooth)"
+        print(f"  {fn.label:16s} f = {fn.key}\n  {'':16s} f' = {d.key}{smooth}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
