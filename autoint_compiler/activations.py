@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
@@ -175,7 +175,9 @@ def activation(name: str, **params) -> PointwiseFn:
     values = {p: float(params.get(p, default)) for p, default in row.params}
     expr = row.build(**values)
     label = name if not values else f"{name}({', '.join(f'{k}={_fmt(v)}' for k, v in values.items())})"
-    return register(expr, label, row.library, tuple(values.values()))
+    fn = register(expr, label, row.library, tuple(values.values()))
+    # aliases (swish/silu) share the registry entry but keep the name the spec used
+    return fn if fn.label == label else replace(fn, label=label)
 
 
 def formula(text: str) -> PointwiseFn:

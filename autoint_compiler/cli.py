@@ -136,7 +136,7 @@ def cmd_rules(args) -> int:
         fn = A.activation(name)
         d = A.derivative(fn.key)
         smooth = "" if d.smooth else "   (not smooth)"
-        print(f"  {fn.label:16s} f = {fn.key}\n  {'':16s} f' = {d.key}{smooth}")
+        print(f"  {name:16s} f = {fn.key}\n  {'':16s} f' = {d.key}{smooth}")
     return 0
 
 

@@ -242,7 +242,7 @@ class Builder:
         ca, cb = self.cval(a), self.cval(b)
         if ca is not None and cb is not None:
             return self._fold(_bcast(lambda p, q: p * q, ca, cb))
-        for x, cx, other in ((a, ca, b), (b, cb, a)):
+        for cx, other in ((ca, b), (cb, a)):
             if cx is not None and all(v == 1.0 for v in cx) and self.g.width(other) >= len(cx):
                 self.folded += 1
                 return other

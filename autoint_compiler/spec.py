@@ -362,7 +362,8 @@ def _semantic_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
     seen = set()
     for i, var in enumerate(spec.integrate):
         if var not in spec.inputs:
-            problems.append((f"integrate[{i}]", f"unknown input {var!r}; expected one of: {', '.join(spec.inputs)}"))
+            expected = ", ".join(spec.inputs)
+            problems.append((f"integrate[{i}]", f"unknown input {var!r}; expected one of: {expected}"))
         elif spec.inputs[var] != 1:
             problems.append((f"integrate[{i}]", f"input {var!r} has dimension {spec.inputs[var]}; expected 1"))
         if var in seen:
@@ -384,18 +385,19 @@ def _mlp_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
     if spec.output is None:
         problems.append(("output", "required field is missing (the MLP's output width)"))
     if isinstance(mlp.activation, list) and len(mlp.activation) != len(mlp.hidden):
-        problems.append(
-            ("mlp.activation", f"expected one activation per hidden layer ({len(mlp.hidden)}), got {len(mlp.activation)}")
-        )
+        n, got = len(mlp.hidden), len(mlp.activation)
+        problems.append(("mlp.activation", f"expected one activation per hidden layer ({n}), got {got}"))
     if mlp.encoding is not None:
         for i, name in enumerate(mlp.encoding.inputs):
             if name not in spec.inputs:
-                problems.append((f"mlp.encoding.inputs[{i}]", f"unknown input {name!r}; expected one of: {', '.join(spec.inputs)}"))
+                expected = ", ".join(spec.inputs)
+                problems.append((f"mlp.encoding.inputs[{i}]", f"unknown input {name!r}; expected one of: {expected}"))
         if len(set(mlp.encoding.inputs)) != len(mlp.encoding.inputs):
             problems.append(("mlp.encoding.inputs", "an input is listed twice"))
     for i, s in enumerate(mlp.skips):
         if not 1 <= s < len(mlp.hidden):
-            problems.append((f"mlp.skips[{i}]", f"expected a hidden layer index between 1 and {len(mlp.hidden) - 1}, got {s}"))
+            last = len(mlp.hidden) - 1
+            problems.append((f"mlp.skips[{i}]", f"expected a hidden layer index between 1 and {last}, got {s}"))
     if len(set(mlp.skips)) != len(mlp.skips):
         problems.append(("mlp.skips", "a layer is listed twice"))
     return problems
@@ -414,7 +416,8 @@ def _graph_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
         if node.name in spec.inputs:
             problems.append((f"{where}.name", f"{node.name!r} is already an input name"))
         if node.name in names:
-            problems.append((f"{where}.name", f"duplicate node name {node.name!r} (first at graph[{names[node.name]}])"))
+            first = names[node.name]
+            problems.append((f"{where}.name", f"duplicate node name {node.name!r} (first at graph[{first}])"))
         names.setdefault(node.name, i)
         if node.op not in GRAPH_OPS:
             problems.append((f"{where}.op", f"unknown op {node.op!r}; expected one of: {', '.join(sorted(GRAPH_OPS))}"))
@@ -437,7 +440,8 @@ def _graph_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
                 continue
             if ref not in names:
                 known = ", ".join(list(spec.inputs) + [n.name for n in nodes])
-                problems.append((f"graph[{i}].in[{j}]", f"unknown reference {ref!r}; expected an input or node name ({known})"))
+                msg = f"unknown reference {ref!r}; expected an input or node name ({known})"
+                problems.append((f"graph[{i}].in[{j}]", msg))
             else:
                 g.add_edge(ref, node.name)
     if problems:

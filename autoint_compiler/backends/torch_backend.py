@@ -144,7 +144,8 @@ class _Emitter:
         elif op == "concat" and self._contiguous_inputs(ins):
             first, last = g.attrs(ins[0]), g.attrs(ins[-1])
             total = sum(b - s for s, b in g.graph["inputs"].values())
-            self.inline[nid] = "x" if (first["start"], last["stop"]) == (0, total) else f"x[:, {first['start']}:{last['stop']}]"
+            whole = (first["start"], last["stop"]) == (0, total)
+            self.inline[nid] = "x" if whole else f"x[:, {first['start']}:{last['stop']}]"
         elif op == "concat":
             parts = [self.batched_ref(i) for i in ins] if d["batched"] else r
             self.assign(nid, f"torch.cat([{', '.join(parts)}], 1)")
