@@ -157,12 +157,13 @@ def lookup(key: str) -> PointwiseFn:
 
 
 @functools.lru_cache(maxsize=None)
-def derivative(key: str) -> PointwiseFn:
-    """The derivative of a registered pointwise function, derived once with sympy and registered."""
+def derivative(key: str) -> PointwiseFn | None:
+    """The derivative of a registered pointwise function, derived once with sympy and registered;
+    ``None`` where it is identically zero (relu'' = step' = 0 almost everywhere)."""
     fn = lookup(key)
     d = sp.diff(fn.expr, x)
     if d == 0:
-        raise CompileError(f"derivative of {fn.label} is identically zero")
+        return None
     return register(d, fn.label + "'")
 
 

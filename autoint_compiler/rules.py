@@ -120,6 +120,10 @@ def _pointwise(b: Builder, nid: int, T: Tangents) -> Optional[int]:
         return None
     (a,) = b.g.inputs_of(nid)
     d = activations.derivative(b.g.attrs(nid)["fn"])
+    if d is None:
+        return None
+    if d.expr.is_number:  # an affine formula: f' is a constant
+        return b.scale(t, float(d.expr))
     return b.mul(b.pointwise(a, d.key, d.label), t)
 
 

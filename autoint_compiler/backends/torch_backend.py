@@ -201,7 +201,9 @@ class _Emitter:
         fns = [A.lookup(self.g.attrs(m)["fn"]) for m in members]
         symbolic = []
         for m, fn in zip(members, fns):
-            if fn.library:
+            # a lone activation uses the fused library call (F.silu); beside its derivatives it is printed
+            # from its expression so they share subexpressions (swish' reuses sigmoid(z) and z*sigmoid(z))
+            if fn.library and len(members) == 1:
                 args = {f"a{i}": _f(v) for i, v in enumerate(fn.library_args)}
                 self.assign(m, sympy_print.LIBRARY[fn.library].format(x=var, **args), fn.label)
             else:
