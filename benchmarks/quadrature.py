@@ -56,7 +56,8 @@ def closed_form(net, phi, x, lower, upper, col):
 
 
 def run(b: Bench, *, n_problems: int = 1024, ns=DEFAULT_NS, rules=RULES, warmup: int = 2, repeats: int = 7,
-        device: str = "cpu", seed: int = 7) -> list[dict]:
+        device: str = "cpu", seed: int = 7, timed=None) -> list[dict]:
+    """``timed(fns) -> (stats, other_cpu_cores)`` (default: plain time_interleaved)."""
     col = b.col
     x = make_inputs(n_problems, b.in_features, device=device, seed=seed)
     ab = make_inputs(n_problems, 2, device=device, seed=seed + 1).sort(dim=1).values  # a < b in [-1, 1]
@@ -87,11 +88,15 @@ def run(b: Bench, *, n_problems: int = 1024, ns=DEFAULT_NS, rules=RULES, warmup:
         else:
             fns[name] = (lambda u=u, w=w: quad(b.grad, x, lower, upper, col, u, w))
     with torch.no_grad():
-        stats = timing.time_interleaved(fns, warmup=warmup, repeats=repeats, device=device)
+        if timed is None:
+            stats, other = timing.time_interleaved(fns, warmup=warmup, repeats=repeats, device=device), math.nan
+        else:
+            stats, other = timed(fns)
         rows = []
         for name, (rule, n, _u, _w) in cases.items():
             row = {"method": name, "rule": rule, "n_samples": n, "n_problems": n_problems,
-                   "grad_evals": n_problems * (2 if rule == "closed" else n), "precision_note": prec_note}
+                   "grad_evals": n_problems * (2 if rule == "closed" else n), "precision_note": prec_note,
+                   "other_cpu_cores": other}
             row.update(stats[name].row())
             row["status"] = stats[name].error or "ok"
             v32 = fns[name]()

@@ -84,6 +84,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--standin", action="store_true", help="use the benchmark's stand-in compiler")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="CORES",
+                   help="before each timed configuration wait until other processes use < CORES cores "
+                   "(0: do not wait; the machine may be shared)")
+    p.add_argument("--wait-max", type=float, default=300.0, help="longest wait per configuration, s")
     p.add_argument("--no-plots", action="store_true")
     a = p.parse_args(argv)
     base = QUICK if a.quick else DEFAULTS
@@ -137,6 +141,14 @@ class Runner:
         a = self.a
         return dict(warmup=a.warmup, repeats=a.repeats, device=a.device, max_total_s=a.max_config_s)
 
+    def timed(self, fns, **kw):
+        """time_interleaved + how many cores other processes used meanwhile."""
+        if self.a.wait_quiet > 0:
+            machine_mod.wait_for_quiet(self.a.wait_quiet, self.a.wait_max, log=self.log)
+        s0 = machine_mod.cpu_snapshot()
+        stats = timing.time_interleaved(fns, **self._timing_kw(), **kw)
+        return stats, machine_mod.other_load(s0, machine_mod.cpu_snapshot())
+
     # -- 1 ------------------------------------------------------------------------------------------
     def forward(self) -> list[dict]:
         rows = []
@@ -172,8 +184,9 @@ class Runner:
             if m == M.FWD_HAND and b.hand_status:
                 row["status"] = b.hand_status
             rows[m] = row
-        stats = timing.time_interleaved(fns, **self._timing_kw())
+        stats, other = self.timed(fns)
         for m, st in stats.items():
+            rows[m]["other_cpu_cores"] = other
             rows[m].update(st.row())
             rows[m].setdefault("status", "ok" if st.ok else f"failed: {st.error}")
         plain = stats.get(M.FWD_PLAIN)
@@ -236,9 +249,10 @@ class Runner:
             for row in rows.values():
                 if "loss0" in row:
                     row["loss_rel_diff_vs_double"] = abs(row["loss0"] - loss_ref) / (abs(loss_ref) + 1e-30)
-        stats = timing.time_interleaved(steps, between=b.restore, **self._timing_kw())
+        stats, other = self.timed(steps, between=b.restore)
         b.restore()
         for m, st in stats.items():
+            rows[m]["other_cpu_cores"] = other
             rows[m].update(st.row())
             rows[m].setdefault("status", "ok" if st.ok else f"failed: {st.error}")
         gen = stats.get(M.TR_GENERATED)
@@ -265,7 +279,8 @@ class Runner:
                 self.log(f"quadrature {size} {act}")
                 b = self.bench(size, act)
                 for r in quadrature.run(b, n_problems=self.a.quad_problems, ns=self.a.quad_ns,
-                                        warmup=self.a.warmup, repeats=self.a.repeats, device=self.a.device):
+                                        warmup=self.a.warmup, repeats=self.a.repeats, device=self.a.device,
+                                        timed=self.timed):
                     row = self._common(b, **r)
                     row.update(self.machine)
                     rows.append(row)
@@ -313,8 +328,9 @@ NOTES = [
     "The hand-written fused variant (swish only) uses aten.silu_backward for swish'(z)*zdot in one kernel, "
     "with a hand-written backward in a custom autograd.Function: it is what a person tuning the code by "
     "hand can reach in eager PyTorch.",
-    "The machine may be shared: `loadavg_1m` in the CSVs is the 1-minute load average when each "
-    "configuration started.",
+    "The machine may be shared: `other_cpu_cores` in the CSVs is how many cores' worth of CPU *other* "
+    "processes used while a configuration was being timed (from /proc/stat minus this process), "
+    "`loadavg_1m` the load average when it started; `--wait-quiet` waits for a quiet machine first.",
 ]
 
 
