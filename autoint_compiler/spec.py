@@ -90,7 +90,7 @@ class EncodingSpec(_Strict):
 
 class MLPSpec(_Strict):
     hidden: list[int] = Field(min_length=1, max_length=256)
-    activation: Any = "swish"
+    activation: Any = Field(default="swish", validate_default=True)
     encoding: EncodingSpec | None = None
     skips: list[int] = Field(default_factory=list)
     bias: bool = True
