@@ -127,10 +127,21 @@ class Runner:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     def bench(self, size, act):
+        """The built configuration, or an error string if compiling/building it failed."""
         key = (size, act)
         if key not in self.cache:
-            self.cache[key] = nets.build(size, act, seed=self.a.seed, device=self.a.device, use_standin=self.a.standin)
+            try:
+                self.cache[key] = nets.build(size, act, seed=self.a.seed, device=self.a.device,
+                                             use_standin=self.a.standin)
+            except Exception as exc:
+                msg = str(exc).strip().splitlines()
+                self.cache[key] = f"build failed: {type(exc).__name__}: {msg[-1][:200] if msg else ''}"
+                self.log(f"{size} {act}: {self.cache[key]}")
         return self.cache[key]
+
+    def _failed(self, size, act, **kw) -> list[dict]:
+        return [{"size": size, "activation": act, **kw, "method": "(all)", "status": self.cache[(size, act)],
+                 **self.machine}]
 
     def _common(self, b, **kw) -> dict:
         row = {"size": b.size, "activation": b.activation, **kw, "backend": b.backend,
@@ -157,7 +168,7 @@ class Runner:
                 b = self.bench(size, act)
                 for batch in self.a.fwd_batches:
                     self.log(f"forward {size} {act} batch {batch}")
-                    rows += self._forward_one(b, batch)
+                    rows += self._failed(size, act, batch=batch) if isinstance(b, str) else self._forward_one(b, batch)
         return rows
 
     def _forward_one(self, b, batch) -> list[dict]:
@@ -207,7 +218,8 @@ class Runner:
             for act in self.a.activations:
                 for batch in self.a.train_batches:
                     self.log(f"train {size} {act} batch {batch}")
-                    rows += self._train_one(self.bench(size, act), batch)
+                    b = self.bench(size, act)
+                    rows += self._failed(size, act, batch=batch) if isinstance(b, str) else self._train_one(b, batch)
         return rows
 
     def _train_one(self, b, batch) -> list[dict]:
@@ -278,6 +290,9 @@ class Runner:
             for act in self.a.activations:
                 self.log(f"quadrature {size} {act}")
                 b = self.bench(size, act)
+                if isinstance(b, str):
+                    rows += self._failed(size, act)
+                    continue
                 for r in quadrature.run(b, n_problems=self.a.quad_problems, ns=self.a.quad_ns,
                                         warmup=self.a.warmup, repeats=self.a.repeats, device=self.a.device,
                                         timed=self.timed):
