@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     compile: bool = False
+    compile_backend: str | None = None  # torch.compile backend (None: inductor); "aot_eager" for tests
     progress: bool | None = None
     lr_schedule: str = "cosine"
     lr_min_factor: float = 0.05
@@ -162,7 +163,8 @@ def train(
         raise ValueError("net.grad has parameters that net.integral does not: they must be shared")
     grad_module: Callable[[torch.Tensor], torch.Tensor] = net.grad
     if cfg.compile:
-        grad_module = torch.compile(net.grad)
+        kw = {} if cfg.compile_backend is None else {"backend": cfg.compile_backend}
+        grad_module = torch.compile(net.grad, **kw)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
