@@ -47,6 +47,8 @@ class TrainConfig:
     over ``steps`` (a cheap, reliable gain in final accuracy); ``"constant"`` keeps ``lr``.
     ``progress``: ``None`` shows a tqdm bar only when stderr is a TTY; ``True``/``False`` force it.
     ``compile``: wrap the grad module in ``torch.compile`` (slow to start on CPU; off by default).
+    ``threads``: ``torch.set_num_threads`` for the duration of the loop (restored after). Small
+    networks train faster on one thread, and far faster when other processes share the cores.
     """
 
     steps: int = 2000
@@ -61,6 +63,7 @@ class TrainConfig:
     lr_min_factor: float = 0.05
     grad_clip: float | None = None
     weight_decay: float = 0.0
+    threads: int | None = None  # CPU intra-op threads while training (None: leave torch's setting)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -151,6 +154,17 @@ def train(
     is called every step with the loss as a float (this syncs the device; leave it out on GPU).
     """
     cfg = config or TrainConfig()
+    if cfg.threads is None:
+        return _train(net, loss_fn, cfg, desc, callback)
+    old = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(net, loss_fn, cfg, desc, callback)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback) -> History:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     net.integral.to(device)
