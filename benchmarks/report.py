@@ -60,33 +60,40 @@ def summary(fwd: list[dict], train: list[dict], comp: list[dict]) -> list[dict]:
     def tr(method):
         return _find(train, method=method, **where)
 
-    def add(target, num, den, threshold, higher_is_better=True, unit="x", note=""):
-        if num is None or den is None or not math.isfinite(num) or not math.isfinite(den) or den == 0:
+    def add(target, num_row, den_row, threshold, higher_is_better=True, note=""):
+        """ratio = median(num_row) / median(den_row); the min-based ratio goes into the note."""
+        num, den = med(num_row), med(den_row)
+        if num is None or den is None or den == 0:
+            why = next((f"; {r['method']}: {r['status']}" for r in (num_row, den_row)
+                        if r is not None and not _ok(r)), "")
             out.append({"target": target, "measured": "n/a", "threshold": threshold, "result": "NOT MEASURED",
-                        "note": note})
+                        "note": note + why})
             return
         val = num / den
+        vmin = float(num_row["min_ms"]) / float(den_row["min_ms"])
         ok = val >= threshold if higher_is_better else val <= threshold
-        out.append({"target": target, "measured": f"{val:.2f}{unit}", "threshold": threshold,
-                    "result": "PASS" if ok else "MISS", "note": note})
+        other = num_row.get("other_cpu_cores", "")
+        other = f"; other processes used {float(other):.2f} cores meanwhile" if other not in ("", None) else ""
+        out.append({"target": target, "measured": f"{val:.2f}x", "threshold": threshold,
+                    "result": "PASS" if ok else "MISS", "ratio_median": val, "ratio_min": vmin,
+                    "note": f"{note}; medians; ratio of mins {vmin:.2f}x{other}"})
 
     def med(r):
         return float(r["median_ms"]) if _ok(r) else None
 
     gen, gen_c, dbl, dbl_c, fn = (tr(M.TR_GENERATED), tr(M.TR_GENERATED_COMPILE), tr(M.TR_DOUBLE),
                                   tr(M.TR_DOUBLE_COMPILE), tr(M.TR_FUNC))
-    add("train step: generated eager >= 1.6x faster than double backward (eager)", med(dbl), med(gen), 1.6,
+    add("train step: generated eager >= 1.6x faster than double backward (eager)", dbl, gen, 1.6,
         note="t(double backward) / t(generated eager)")
-    add("train step: generated + torch.compile >= 2.5x faster than double backward", med(dbl), med(gen_c), 2.5,
-        note="t(double backward eager) / t(generated + torch.compile)"
-        + (f"; failed: {gen_c['status']}" if gen_c is not None and not _ok(gen_c) else ""))
+    add("train step: generated + torch.compile >= 2.5x faster than double backward", dbl, gen_c, 2.5,
+        note="t(double backward eager) / t(generated + torch.compile)")
     if _ok(dbl_c):
-        add("  (extra) generated + torch.compile vs double backward + torch.compile", med(dbl_c), med(gen_c), 2.5,
+        add("  (extra) generated + torch.compile vs double backward + torch.compile", dbl_c, gen_c, 2.5,
             note="t(double backward + torch.compile) / t(generated + torch.compile)")
     elif dbl_c is not None:
-        out.append({"target": "  (extra) double backward + torch.compile", "measured": "failed", "threshold": "",
+        out.append({"target": "  (extra) double backward under torch.compile", "measured": "fails", "threshold": "",
                     "result": "INFO", "note": dbl_c.get("status", "")})
-    add("train step: generated eager >= 1.3x faster than torch.func", med(fn), med(gen), 1.3,
+    add("train step: generated eager >= 1.3x faster than torch.func", fn, gen, 1.3,
         note="t(torch.func jvp) / t(generated eager)")
 
     def peak(r):
@@ -104,7 +111,7 @@ def summary(fwd: list[dict], train: list[dict], comp: list[dict]) -> list[dict]:
         out.append({"target": "train step: lower peak memory", "measured": "n/a", "threshold": "lower",
                     "result": "NOT MEASURED", "note": ""})
     fg, fp = _find(fwd, method=M.FWD_GENERATED, **where), _find(fwd, method=M.FWD_PLAIN, **where)
-    add("grad forward within 2.3x of a plain MLP forward", med(fg), med(fp), 2.3, higher_is_better=False,
+    add("grad forward within 2.3x of a plain MLP forward", fg, fp, 2.3, higher_is_better=False,
         note="t(net.grad) / t(net.integral), both under no_grad")
     c = _find(comp, size=where["size"], activation=where["activation"])
     if c is not None and c.get("warm_s") not in (None, ""):
@@ -164,6 +171,9 @@ def write_markdown(path: Path, *, machine: dict, args_text: str, wall_s: float, 
     L += ["## Machine", ""]
     L += [f"- {k}: {v}" for k, v in machine.items()]
     L += ["", "## Targets (4x128 swish, batch 2^14, CPU)", "", "```", format_summary(summ, machine), "```", ""]
+    L += ["`other load` in the tables: cores' worth of CPU used by other processes while that configuration "
+          "was timed (this machine may be shared; 2 cores in all here means anything above ~0.2 distorts "
+          "2-thread timings).", ""]
     L += ["## How it is measured", ""] + [f"- {n}" for n in notes] + [""]
     if fwd:
         L += ["## 1. Grad-network forward (dPhi/dt), torch.no_grad where the method allows", "",
@@ -171,7 +181,8 @@ def write_markdown(path: Path, *, machine: dict, args_text: str, wall_s: float, 
         L.append(_md_table(fwd, [("size", "MLP"), ("activation", "act"), ("batch", "batch"), ("method", "method"),
                                  ("median_ms", "median ms"), ("q25_ms", "q25"), ("q75_ms", "q75"), ("min_ms", "min"),
                                  ("repeats", "n"), ("x_plain", "x plain"),
-                                 ("max_abs_diff_vs_autograd", "max|diff| vs autograd"), ("status", "status")]))
+                                 ("max_abs_diff_vs_autograd", "max|diff| vs autograd"),
+                                 ("other_cpu_cores", "other load"), ("status", "status")]))
         L.append("")
     if train:
         L += ["## 2. Training step (forward + MSE + backward + Adam)", "",
@@ -181,7 +192,7 @@ def write_markdown(path: Path, *, machine: dict, args_text: str, wall_s: float, 
                                    ("median_ms", "median ms"), ("q25_ms", "q25"), ("q75_ms", "q75"),
                                    ("min_ms", "min"), ("repeats", "n"), ("x_gen", "x gen"),
                                    ("peak_mb", "peak MiB"), ("grad_rel_diff_vs_double", "grad rel diff"),
-                                   ("status", "status")]))
+                                   ("other_cpu_cores", "other load"), ("status", "status")]))
         L.append("")
     if quad:
         L += ["## 3. Definite integrals: closed form vs quadrature of the grad network", "",
