@@ -67,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--activations", help="swish,sine")
     p.add_argument("--fwd-batches", help="batches for the forward section, e.g. 2^10,2^14")
     p.add_argument("--fwd-methods", default="all", help=f"'all' or comma list of {list(FWD_KEYS)}")
+    p.add_argument("--jacfwd-max-batch", type=_int, default=2**14,
+                   help="skip vmap(jacfwd) above this batch (it computes all D tangents; default 2^14)")
     p.add_argument("--train-batches", help="batches for the training section")
     p.add_argument("--train-methods", default="all", help=f"'all' or comma list of {list(TRAIN_KEYS)}")
     p.add_argument("--compile-configs", help="where the torch.compile methods run: 'all', 'none' or "
@@ -179,6 +181,8 @@ class Runner:
             ref = None
         fns, rows = {}, {}
         for m in self.a.fwd_methods:
+            if m == M.FWD_JACFWD and batch > self.a.jacfwd_max_batch:
+                continue
             row = self._common(b, batch=batch, method=m)
             try:
                 f = M.forward_fn(b, m)
