@@ -22,6 +22,10 @@ def cpu_model() -> str:
 
 @lru_cache(maxsize=None)
 def git_commit() -> str:
+    """HEAD of the repository the benchmark runs from (``+dirty`` with uncommitted tracked changes);
+    ``AUTOINT_BENCH_COMMIT`` overrides it (for runs from an exported snapshot of a commit)."""
+    if os.environ.get("AUTOINT_BENCH_COMMIT"):
+        return os.environ["AUTOINT_BENCH_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
