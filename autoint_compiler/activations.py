@@ -59,8 +59,17 @@ class ndtr(sp.Function):  # noqa: N801
         return sp.exp(-(u**2) / 2) / sp.sqrt(2 * sp.pi)
 
 
+class expm1_neg(sp.Function):  # noqa: N801
+    """exp(min(u, 0)) - 1, ELU's negative branch; derivative exp(min(u, 0))·(1 - step(u)), which is 1 at
+    u = 0 like torch's own ELU backward (so ELU with α = 1 is C¹ here too)."""
+
+    def fdiff(self, argindex=1):
+        u = self.args[0]
+        return sp.exp(-relu(-u)) * (1 - step(u))
+
+
 #: functions whose presence makes an expression non-smooth (a kink or a jump)
-KINKED = (relu, sp.Abs)
+KINKED = (relu, sp.Abs, expm1_neg)
 DISCONTINUOUS = (step, sp.sign)
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -68,8 +77,8 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _elu(alpha: float) -> sp.Expr:
-    # relu(x) + α(exp(-relu(-x)) - 1): equal to ELU everywhere, and exp never sees a large argument
-    return relu(x) + sp.Float(alpha) * (sp.exp(-relu(-x)) - 1)
+    # relu(x) + α(exp(min(x, 0)) - 1): equal to ELU everywhere, and exp never sees a large argument
+    return relu(x) + sp.Float(alpha) * expm1_neg(x)
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,9 @@ def derivative(key: str) -> PointwiseFn | None:
     """The derivative of a registered pointwise function, derived once with sympy and registered;
     ``None`` where it is identically zero (relu'' = step' = 0 almost everywhere)."""
     fn = lookup(key)
-    d = sp.diff(fn.expr, x)
+    # Dirac deltas (from sign' or Heaviside') are zero almost everywhere: the derivative of a kinked
+    # function is taken pointwise, and the compile report flags the function as not smooth
+    d = sp.diff(fn.expr, x).replace(sp.DiracDelta, lambda *args: sp.Integer(0))
     if d == 0:
         return None
     return register(d, fn.label + "'")

@@ -47,8 +47,11 @@ class CompiledSource:
         }
 
 
-def compile_source(spec: Any, backend: str | None = None) -> CompiledSource:
-    """Spec (path, YAML text, dict) -> graphs and generated module source."""
+def compile_source(spec: Any, backend: str | None = None, *, fuse: bool = True) -> CompiledSource:
+    """Spec (path, YAML text, dict) -> graphs and generated module source.
+
+    ``fuse`` turns the grad network's elementwise regions into fused autograd Functions with
+    sympy-derived backwards (fewer kernels and saved tensors); ``False`` emits one op per node."""
     spec = load_spec(spec)
     backend = backend or spec.backend
     if backend == "triton":
@@ -60,12 +63,14 @@ def compile_source(spec: Any, backend: str | None = None) -> CompiledSource:
     grad.lint()
     from .backends.torch_backend import generate  # noqa: PLC0415 - keeps import order light
 
-    source = generate(spec, integral, grad, __version__)
+    source = generate(spec, integral, grad, __version__, fuse=fuse)
     return CompiledSource(spec, integral, grad, source, _report(integral, grad))
 
 
 def _report(integral: IRGraph, grad: IRGraph) -> dict[str, Any]:
-    fns = [A.lookup(grad.attrs(n)["fn"]) for n in grad.order() if grad.op(n) == "pointwise"]
+    # the grad network is derived from every pointwise function of Phi: a kink in Phi's activations is a
+    # kink or a jump (or, pruned away, a Dirac delta) in the grad network
+    fns = [A.lookup(g.attrs(n)["fn"]) for g in (integral, grad) for n in g.order() if g.op(n) == "pointwise"]
     nonsmooth = sorted({f.label for f in fns if not f.smooth})
     discontinuous = sorted({f.label for f in fns if not f.continuous})
     params = sum(p.out * p.inp + (p.out if p.bias else 0) for p in integral.graph["params"].values())
@@ -209,15 +214,17 @@ class CompiledNetwork:
         )
 
 
-def compile(spec: Any, backend: str | None = None, *, seed: int | None = None, dtype=None, device=None):  # noqa: A001
+def compile(  # noqa: A001 - the package's verb
+    spec: Any, backend: str | None = None, *, seed: int | None = None, dtype=None, device=None, fuse: bool = True
+):
     """Compile a spec (path, YAML string or dict) into a ``CompiledNetwork``.
 
     ``seed`` (default: the spec's ``seed``) makes the initial weights reproducible; ``dtype`` and
-    ``device`` default to the spec's dtype and the CPU.
+    ``device`` default to the spec's dtype and the CPU; ``fuse`` see ``compile_source``.
     """
     import torch
 
-    cs = compile_source(spec, backend)
+    cs = compile_source(spec, backend, fuse=fuse)
     module = load_module(cs.name, cs.source)
     seed = cs.spec.seed if seed is None else seed
     kw = {"device": device}

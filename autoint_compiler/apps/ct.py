@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,7 +68,8 @@ class CTSettings:
     size: int = 64  # phantom size; the sinogram is size x n_angles
     n_angles: int = 64  # full set of angles over 180 deg
     hidden: tuple[int, ...] = (128, 128, 128)
-    frequencies: int = 5  # positional-encoding octaves of rho and theta
+    rho_frequencies: int = 6  # positional-encoding octaves of rho (2^k pi, k < 6: down to 2 pixels)
+    theta_frequencies: int = 2  # octaves of theta: low, so that unmeasured angles interpolate smoothly
     sine_w0: float = 10.0  # w0 of the sine activation (SIREN init)
     n_samples: int = 32  # stratified samples of t per line (grad mode)
     mode: str = "grad"  # "grad": Monte-Carlo of the grad net; "integral": closed form in training
@@ -81,6 +81,7 @@ class CTSettings:
     seed: int = 0
     device: str = "cpu"
     compile: bool = False
+    threads: int | None = None
     progress: bool | None = None
     extra: dict = field(default_factory=dict)
 
@@ -92,42 +93,67 @@ class CTSettings:
             seed=self.seed,
             device=self.device,
             compile=self.compile,
+            threads=self.threads,
             progress=self.progress,
         )
 
 
-def _activation_spec(activation: Any, w0: float) -> Any:
+def _act_node(activation: Any, w0: float) -> dict[str, Any]:
+    """The graph-node fields of an activation (``op`` and its parameters)."""
+    if isinstance(activation, dict):
+        if "formula" in activation:
+            return {"op": "formula", "formula": activation["formula"]}
+        node = {"op": activation["name"]}
+        node.update({k: v for k, v in activation.items() if k != "name"})
+        return node
     if activation == "sine":
-        return {"name": "sine", "w0": float(w0)}
-    return activation
+        return {"op": "sine", "w0": float(w0)}
+    return {"op": str(activation)}
 
 
 def _act_label(activation: Any) -> str:
     if isinstance(activation, dict):
         if "formula" in activation:
-            return f"formula({activation['formula']})"
+            return "formula"
         return str(activation.get("name"))
     return str(activation)
 
 
 def make_spec(activation: Any = "swish", settings: CTSettings | None = None, name: str | None = None) -> dict:
-    """Spec of the CT network (``examples/ct_shepp.yaml`` is this spec for swish)."""
+    """Spec of the CT network, in the explicit ``graph`` form so that rho and theta get their own
+    positional encodings (``examples/ct_shepp.yaml`` is this spec for swish):
+
+    ``posenc(rho, F_rho)``, ``posenc(theta, F_theta)`` and raw ``t`` -> MLP -> 1 output.
+    ``theta_frequencies = 0`` feeds theta raw (no encoding); likewise for rho.
+    """
     s = settings or CTSettings()
-    act = _activation_spec(activation, s.sine_w0)
+    act = _act_node(activation, s.sine_w0)
     label = "".join(ch if ch.isalnum() else "_" for ch in _act_label(activation))
-    mlp: dict[str, Any] = {"hidden": list(s.hidden), "activation": act}
-    if s.frequencies > 0:
-        mlp["encoding"] = {"inputs": ["rho", "theta"], "frequencies": int(s.frequencies), "include_input": True}
+    graph: list[dict[str, Any]] = []
+    features = []
+    for var, freqs in (("rho", s.rho_frequencies), ("theta", s.theta_frequencies)):
+        if freqs > 0:
+            graph.append({"name": f"enc_{var}", "op": "posenc", "in": [var], "frequencies": int(freqs),
+                          "include_input": True})
+            features.append(f"enc_{var}")
+        else:
+            features.append(var)
+    features.append("t")
+    h = features
+    for i, width in enumerate(s.hidden):
+        graph.append({"name": f"fc{i}", "op": "linear", "in": h, "out": int(width)})
+        graph.append({"name": f"act{i}", **act, "in": [f"fc{i}"]})
+        h = [f"act{i}"]
+    graph.append({"name": "out", "op": "linear", "in": h, "out": 1})
     spec = {
         "name": name or f"ct_{label}",
         "inputs": {"rho": 1, "theta": 1, "t": 1},
         "integrate": ["t"],
-        "output": 1,
-        "mlp": mlp,
+        "graph": graph,
         "seed": int(s.seed),
         "dtype": s.dtype,
     }
-    if _act_label(activation) == "sine":
+    if act["op"] == "sine":
         spec["init"] = "siren"
     return spec
 
@@ -309,7 +335,7 @@ def _settings_dict(s: CTSettings) -> dict[str, Any]:
 def _settings_note(s: CTSettings, total: float) -> str:
     return (
         f"\nSettings: phantom {s.size}x{s.size}, {s.n_angles} angles over 180 deg, MLP {list(s.hidden)}, "
-        f"posenc {s.frequencies} octaves on (rho, theta), sine w0={s.sine_w0:g}, training mode "
+        f"posenc {s.rho_frequencies} octaves on rho, {s.theta_frequencies} on theta, sine w0={s.sine_w0:g}, training mode "
         f"'{s.mode}' ({s.n_samples} stratified t samples per line), mirror={s.mirror}, "
         f"{s.steps} Adam steps x {s.batch_lines} lines, lr {s.lr:g} (cosine), seed {s.seed}, "
         f"device {s.device}; whole sweep {total:.0f} s.\n"
@@ -480,7 +506,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=d.batch_lines, help="lines per step")
     p.add_argument("--samples", type=int, default=d.n_samples, help="t samples per line (grad mode)")
     p.add_argument("--hidden", type=_int_list, default=list(d.hidden))
-    p.add_argument("--frequencies", type=int, default=d.frequencies, help="posenc octaves (0: none)")
+    p.add_argument("--rho-frequencies", type=int, default=d.rho_frequencies, help="posenc octaves of rho (0: none)")
+    p.add_argument("--theta-frequencies", type=int, default=d.theta_frequencies,
+                   help="posenc octaves of theta (0: none)")
     p.add_argument("--w0", type=float, default=d.sine_w0, help="w0 of the sine activation")
     p.add_argument("--mode", choices=["grad", "integral"], default=d.mode,
                    help="grad: Monte-Carlo line integrals of the grad net (default); integral: closed form")
@@ -488,6 +516,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N | auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the grad network")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads while training (default: torch's)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
     p.add_argument("--out", default=None, help="directory for CSV/markdown/JSON/PNG")
     p.add_argument("--no-progress", action="store_true")
@@ -501,7 +530,8 @@ def run_cli(args: argparse.Namespace) -> int:
         size=args.size,
         n_angles=args.angles,
         hidden=tuple(args.hidden),
-        frequencies=args.frequencies,
+        rho_frequencies=args.rho_frequencies,
+        theta_frequencies=args.theta_frequencies,
         sine_w0=args.w0,
         n_samples=args.samples,
         mode=args.mode,
@@ -513,6 +543,7 @@ def run_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         compile=args.compile,
+        threads=args.threads,
         progress=False if args.no_progress else None,
     )
     run_sweep(args.activations, args.factors, s, out=args.out)

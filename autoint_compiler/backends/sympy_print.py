@@ -113,6 +113,8 @@ def _p(e: sp.Expr, names) -> tuple[str, int]:
         if base == sp.E:
             return f"torch.exp({_p(ex, names)[0]})", _PREC_ATOM
         return f"{_wrap(base, names, _PREC_POW + 1)} ** {_wrap(ex, names, _PREC_POW + 1)}", _PREC_POW
+    if isinstance(e, A.expm1_neg):
+        return f"torch.expm1(torch.clamp({_p(e.args[0], names)[0]}, max=0))", _PREC_ATOM
     if isinstance(e, A.step):
         s = _p(e.args[0], names)[0]
         return f"({s} > 0).to({_dtype_source(e.args[0], names)}.dtype)", _PREC_ATOM
@@ -153,18 +155,24 @@ def _wrap(e, names, prec: int) -> str:
     return s if p >= prec else f"({s})"
 
 
+def _cse(exprs: list[sp.Expr], prefix: str):
+    """``sympy.cse`` with numeric subexpressions folded back in (a constant is a literal, not a tensor)."""
+    replacements, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix, real=True), order="canonical")
+    numeric = {}
+    kept = []
+    for sym, sub in replacements:
+        sub = sub.xreplace(numeric)
+        if sub.is_number:
+            numeric[sym] = sub
+        else:
+            kept.append((sym, sub))
+    return kept, [r.xreplace(numeric) for r in reduced]
+
+
 def print_group(exprs: list[sp.Expr], var: str, prefix: str) -> tuple[list[tuple[str, str]], list[str]]:
     """Print expressions of ``x`` (with ``x`` named ``var``): returns the shared temporaries
     ``[(name, code)]`` and one code string per expression."""
-    names = {A.x: var}
-    syms = sp.numbered_symbols(prefix, real=True)
-    replacements, reduced = sp.cse(exprs, symbols=syms, order="canonical")
-    temps = []
-    for sym, sub in replacements:
-        code = to_torch(sub, names)
-        names[sym] = str(sym)
-        temps.append((str(sym), code))
-    return temps, [to_torch(r, names) for r in reduced]
+    return print_exprs(exprs, {A.x: var}, prefix)
 
 
 def split_long(name: str, code: str, limit: int = 96) -> list[str]:
@@ -191,3 +199,14 @@ def split_long(name: str, code: str, limit: int = 96) -> list[str]:
         if len(pieces) > 1:
             return [f"{name} = ("] + [f"    {p.strip()}" for p in pieces] + [")"]
     return [line]
+
+
+def print_exprs(exprs: list[sp.Expr], names: dict[sp.Symbol, str], prefix: str):
+    """Print expressions over named symbols, sharing subexpressions: ``([(temp, code)], [code])``."""
+    names = dict(names)
+    replacements, reduced = _cse(exprs, prefix)
+    temps = []
+    for sym, sub in replacements:
+        temps.append((str(sym), to_torch(sub, names)))
+        names[sym] = str(sym)
+    return temps, [to_torch(r, names) for r in reduced]

@@ -16,7 +16,10 @@ import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import sympy as sp
+
 from .. import activations as A
+from .. import fusion
 from ..errors import CompileError
 from ..ir import IRGraph
 from ..templating import render
@@ -68,9 +71,68 @@ class Emitted:
     result: str = ""
 
 
+class FusedFunctions:
+    """One ``torch.autograd.Function`` per distinct fusion-region signature: the forward prints the
+    region's outputs, the backward their sympy-derived vector-Jacobian product (inputs are saved, the
+    rest is recomputed, so a region keeps two tensors alive instead of one per op)."""
+
+    def __init__(self):
+        self.names: dict[tuple, str] = {}
+        self.sources: list[list[str]] = []
+
+    def get(self, g: IRGraph, region: fusion.Region) -> str:
+        sig = fusion.signature(g, region)
+        if sig not in self.names:
+            name = f"_Fused{len(self.names)}"
+            self.names[sig] = name
+            self.sources.append(self._render(name, g, region))
+        return self.names[sig]
+
+    @staticmethod
+    def _render(name: str, g: IRGraph, region: fusion.Region) -> list[str]:
+        outs = fusion.output_exprs(g, region)
+        us = region.symbols
+        gs = [sp.Symbol(f"g{j}", real=True) for j in range(len(outs))]
+        grads = fusion.gradient_exprs(outs, us, gs)
+        names = {u: str(u) for u in us}
+        names.update({gj: str(gj) for gj in gs})
+        args = ", ".join(str(u) for u in us)
+        summary = "; ".join(f"o{j} = {A.canonical_key(o)}" for j, o in enumerate(outs))
+        doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96)
+        lines = [f"class {name}(torch.autograd.Function):", f'    """{doc[0]}']
+        lines += [f"    {d}" for d in doc[1:]]
+        lines += ['    """', "", "    @staticmethod", f"    def forward(ctx, {args}):"]
+        lines.append(f"        ctx.save_for_backward({args})")
+        temps, codes = sympy_print.print_exprs(outs, names, "t")
+        body = temps + [(f"o{j}", c) for j, c in enumerate(codes)]
+        lines += ["        " + ln for n, c in body for ln in sympy_print.split_long(n, c)]
+        lines.append("        return " + ", ".join(f"o{j}" for j in range(len(outs))))
+        lines += ["", "    @staticmethod", f"    def backward(ctx, {', '.join(str(x) for x in gs)}):"]
+        lines.append(f"        {args}, = ctx.saved_tensors" if len(us) == 1 else f"        {args} = ctx.saved_tensors")
+        live = [(k, e) for k, e in enumerate(grads) if e != 0]
+        temps, codes = sympy_print.print_exprs([e for _, e in live], names, "t")
+        body = temps + [(f"d{k}", c) for (k, _), c in zip(live, codes)]
+        lines += ["        " + ln for n, c in body for ln in sympy_print.split_long(n, c)]
+        rets = []
+        for k in range(len(us)):
+            if grads[k] == 0:
+                rets.append("None")
+            elif region.rows[k]:  # a [1, width] input broadcast over the batch: its gradient sums the rows
+                rets.append(f"d{k}.sum(0, keepdim=True)")
+            else:
+                rets.append(f"d{k}")
+        ret = ", ".join(rets)
+        if len(ret) <= 88:
+            lines.append(f"        return {ret}")
+        else:
+            lines += ["        return ("] + [f"            {r}," for r in rets] + ["        )"]
+        return lines
+
+
 class _Emitter:
-    def __init__(self, g: IRGraph, tag: str, owner: str):
+    def __init__(self, g: IRGraph, tag: str, owner: str, fused: FusedFunctions | None = None):
         self.g = g
+        self.fused = fused
         self.tag = tag  # buffer name prefix, distinct per graph
         self.owner = owner  # expression for the module holding parameters and buffers
         self.out = Emitted()
@@ -118,11 +180,14 @@ class _Emitter:
     # -- emission -------------------------------------------------------------------------------------
     def run(self) -> Emitted:
         g = self.g
-        for nid in g.order():
-            if nid in self.done:
-                continue
-            self.emit(nid)
-            self.done.add(nid)
+        regions = fusion.find_regions(g) if self.fused is not None else []
+        for step in fusion.schedule(g, regions):
+            if isinstance(step, fusion.Region):
+                self._region(step)
+                self.done.update(step.nodes)
+            elif step not in self.done:
+                self.emit(step)
+                self.done.add(step)
         (o,) = g.graph["outputs"]
         self.out.result = self.batched_ref(o)
         return self.out
@@ -179,6 +244,17 @@ class _Emitter:
         else:
             raise CompileError(f"torch backend: no emission rule for op {op!r} (node %{nid})")
 
+    def _region(self, region: fusion.Region) -> None:
+        cls = self.fused.get(self.g, region)
+        args = ", ".join(self.ref(i) for i in region.inputs)
+        outs = [f"v{o}" for o in region.outputs]
+        for o in region.outputs:
+            self.var[o] = f"v{o}"
+        labels = [self.g.attrs(n)["label"] for n in region.nodes if self.g.op(n) == "pointwise"]
+        target = outs[0] if len(outs) == 1 else ", ".join(outs)
+        self.out.lines.extend(sympy_print.split_long(target, f"{cls}.apply({args})"))
+        self.out.lines[-1] += f"  # {', '.join(labels)}" if len(self.out.lines[-1]) < 80 else ""
+
     def _contiguous_inputs(self, ins) -> bool:
         g = self.g
         if not all(g.op(i) == "input" for i in ins):
@@ -217,16 +293,27 @@ class _Emitter:
         self.done.update(members)
 
 
-def emit_graph(g: IRGraph, tag: str, owner: str) -> Emitted:
+def _join_blocks(blocks: list[list[str]]) -> list[str]:
+    out: list[str] = []
+    for k, block in enumerate(blocks):
+        out += (["", ""] if k else []) + block
+    return out
+
+
+def emit_graph(g: IRGraph, tag: str, owner: str, fused: FusedFunctions | None = None) -> Emitted:
     if len(g.graph["outputs"]) != 1:
         raise CompileError("torch backend: exactly one output node expected")
-    return _Emitter(g, tag, owner).run()
+    return _Emitter(g, tag, owner, fused).run()
 
 
-def generate(spec, integral_ir: IRGraph, grad_ir: IRGraph, version: str) -> str:
-    """The module source for a spec and its two graphs (deterministic: same input, same text)."""
+def generate(spec, integral_ir: IRGraph, grad_ir: IRGraph, version: str, fuse: bool = True) -> str:
+    """The module source for a spec and its two graphs (deterministic: same input, same text).
+
+    With ``fuse``, the grad network's elementwise regions become fused autograd Functions (the integral
+    network stays plain PyTorch ops, so ``torch.func`` transforms of Phi keep working)."""
     integral = emit_graph(integral_ir, "ci", "self")
-    grad = emit_graph(grad_ir, "cg", "m")
+    fused = FusedFunctions() if fuse else None
+    grad = emit_graph(grad_ir, "cg", "m", fused)
     params = [
         dict(name=name, out=p.out, inp=p.inp, bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
         for name, p in sorted(integral_ir.graph["params"].items())
@@ -240,6 +327,7 @@ def generate(spec, integral_ir: IRGraph, grad_ir: IRGraph, version: str) -> str:
         params=params,
         integral=integral,
         grad=grad,
+        fused_lines=_join_blocks(fused.sources if fused else []),
         buffer_lines=[line for b in integral.buffers + grad.buffers for line in b.lines()],
         dtype="torch.float64" if spec.dtype == "float64" else "torch.float32",
         in_features=spec.in_features,

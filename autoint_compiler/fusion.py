@@ -1,0 +1,152 @@
+"""Elementwise fusion regions: the IR-level plan the backends use to emit one fused unit (an
+``autograd.Function`` in the torch backend, a kernel in a Triton backend) per cluster of elementwise
+nodes, with a backward derived symbolically instead of recorded op by op.
+
+A region grows from a pointwise group (the pointwise nodes that read the same input z, e.g.
+``swish(z)`` and ``swish'(z)``) through elementwise consumers (``mul``, ``add``, ``sub``, ``neg``,
+``scale``) whose other inputs are computed outside it, as long as contracting the region to one node
+keeps the graph acyclic. Each region gets sympy expressions of its outputs in terms of its inputs;
+``signature`` identifies regions that differ only by the names of their tensors, so one fused unit
+serves all the layers of an MLP. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import networkx as nx
+import sympy as sp
+
+from . import activations as A
+from .ir import IRGraph
+
+#: ops a region may absorb beyond its seed group (pointwise nodes only seed regions, so that every
+#: pointwise group is either wholly inside one region or wholly outside)
+ELEMENTWISE = {"mul", "add", "sub", "neg", "scale"}
+
+
+@dataclass(frozen=True)
+class Region:
+    nodes: tuple[int, ...]  # in schedule order
+    inputs: tuple[int, ...]  # external nodes read by the region, by id
+    outputs: tuple[int, ...]  # region nodes read outside it (or graph outputs), by id
+    rows: tuple[bool, ...]  # per input: True for a [1, width] row (its gradient sums over the batch)
+
+    @cached_property
+    def symbols(self) -> tuple[sp.Symbol, ...]:
+        return tuple(sp.Symbol(f"u{k}", real=True) for k in range(len(self.inputs)))
+
+
+def _symbolic(g: IRGraph, nodes, inputs) -> dict[int, sp.Expr]:
+    syms = {nid: sp.Symbol(f"u{k}", real=True) for k, nid in enumerate(inputs)}
+    exprs: dict[int, sp.Expr] = {}
+
+    def val(i):
+        return exprs[i] if i in exprs else syms[i]
+
+    for nid in nodes:
+        op, a, ins = g.op(nid), g.attrs(nid), g.inputs_of(nid)
+        if op == "pointwise":
+            exprs[nid] = A.lookup(a["fn"]).expr.subs(A.x, val(ins[0]))
+        elif op == "mul":
+            exprs[nid] = val(ins[0]) * val(ins[1])
+        elif op == "add":
+            exprs[nid] = val(ins[0]) + val(ins[1])
+        elif op == "sub":
+            exprs[nid] = val(ins[0]) - val(ins[1])
+        elif op == "neg":
+            exprs[nid] = -val(ins[0])
+        elif op == "scale":
+            exprs[nid] = sp.Float(a["value"]) * val(ins[0])
+    return exprs
+
+
+def output_exprs(g: IRGraph, region: Region) -> list[sp.Expr]:
+    exprs = _symbolic(g, region.nodes, region.inputs)
+    return [exprs[o] for o in region.outputs]
+
+
+def gradient_exprs(outputs: list[sp.Expr], symbols, grads) -> list[sp.Expr]:
+    """d(sum_j g_j * out_j)/du_i for each input symbol: the region's backward."""
+    res = []
+    for u in symbols:
+        total = sp.Integer(0)
+        for gj, out in zip(grads, outputs):
+            d = sp.diff(out, u)
+            if d != 0:
+                total += gj * d
+        total = total.replace(sp.DiracDelta, lambda *args: sp.Integer(0))
+        res.append(sp.factor_terms(total))  # pulls out common factors; never expands into unstable forms
+    return res
+
+
+def signature(g: IRGraph, region: Region) -> tuple:
+    """Equal for regions that compute the same function of their inputs (up to tensor names)."""
+    pos = {nid: ("n", k) for k, nid in enumerate(region.nodes)}
+    pos.update({nid: ("in", k) for k, nid in enumerate(region.inputs)})
+    body = tuple(
+        (g.op(n), tuple(sorted(g.attrs(n).items())), tuple(pos[i] for i in g.inputs_of(n))) for n in region.nodes
+    )
+    return body, tuple(pos[o] for o in region.outputs), region.rows
+
+
+def find_regions(g: IRGraph) -> list[Region]:
+    """Fusion regions of two or more nodes, disjoint, in schedule order."""
+    taken: set[int] = set()
+    regions = []
+    groups: dict[int, list[int]] = {}
+    for nid in g.order():
+        if g.op(nid) == "pointwise" and g.nodes[nid]["batched"]:
+            groups.setdefault(g.inputs_of(nid)[0], []).append(nid)
+    outputs = set(g.graph["outputs"])
+    for members in groups.values():
+        if any(m in taken for m in members):
+            continue
+        region = set(members)
+        width = g.width(members[0])
+        desc = set()
+        for m in members:
+            desc |= nx.descendants(g, m)
+        for nid in sorted(desc):
+            if nid in region or nid in taken:
+                continue
+            d = g.nodes[nid]
+            if d["op"] not in ELEMENTWISE or d["width"] != width or not d["batched"]:
+                continue
+            ins = d["inputs"]
+            if not any(i in region for i in ins):
+                continue
+            if any(g.width(i) != width for i in ins):
+                continue
+            # the other inputs must not depend on the region, or the fused unit would wait on itself
+            if any(i not in region and any(nx.has_path(g, r, i) for r in region) for i in ins):
+                continue
+            region.add(nid)
+        if len(region) < 2:
+            continue
+        nodes = tuple(sorted(region))
+        ext = sorted({i for n in nodes for i in g.inputs_of(n) if i not in region})
+        outs = tuple(n for n in nodes if n in outputs or any(s not in region for s in g.successors(n)))
+        rows = tuple(not g.nodes[i]["batched"] for i in ext)
+        regions.append(Region(nodes, tuple(ext), outs, rows))
+        taken |= region
+    return regions
+
+
+def schedule(g: IRGraph, regions: list[Region]) -> list[int | Region]:
+    """A topological order of the graph with each region contracted to one step (stable: by the
+    smallest node id of each step)."""
+    owner = {n: ("r", k) for k, r in enumerate(regions) for n in r.nodes}
+    dag = nx.DiGraph()
+    first: dict[tuple, int] = {}
+    for nid in g.order():
+        step = owner.get(nid, ("n", nid))
+        first.setdefault(step, nid)
+        dag.add_node(step)
+        for i in g.inputs_of(nid):
+            src = owner.get(i, ("n", i))
+            if src != step:
+                dag.add_edge(src, step)
+    order = nx.lexicographical_topological_sort(dag, key=lambda s: first[s])
+    return [regions[k] if kind == "r" else k for kind, k in order]
