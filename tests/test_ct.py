@@ -1,0 +1,157 @@
+"""Sparse-view CT: data conventions, baselines, and the AutoInt pipeline at a tiny size."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import autoint_compiler as ac
+from autoint_compiler.apps import ct, ct_data
+from autoint_compiler.apps.ct_data import CTProblem, make_problem
+from autoint_compiler.train import line_integral_mc
+
+TINY = dict(
+    size=32,
+    n_angles=32,
+    hidden=(64, 64),
+    rho_frequencies=5,
+    steps=1200,
+    batch_lines=64,
+    n_samples=8,
+    progress=False,
+    threads=1,
+)
+
+
+def test_tiny_pipeline_beats_nearest_angle_baseline():
+    """32x32 phantom, 32 angles, 8x sparser (4 measured angles).
+
+    Measured (seeds 0, 1, 2; ~2 s each on 2 cores): AutoInt (swish) 29.2 / 29.6 / 29.3 dB, nearest
+    angle 22.6 dB, FBP 20.0 dB. The test asks for a 3 dB lead over both baselines.
+    """
+    prob = make_problem(32, 32, factor=8)
+    net, hist, pred, m = ct.fit_ct(prob, "swish", ct.CTSettings(**TINY))
+    assert pred.shape == prob.sino.shape == (32, 32)
+    assert np.isfinite(pred).all()
+    nearest = ct_data.psnr(ct_data.nearest_baseline(prob.sub_sino, prob.sub_theta, prob.theta), prob.sino)
+    fbp = ct_data.psnr(ct_data.fbp_baseline(prob.sub_sino, prob.sub_theta, prob.theta), prob.sino)
+    assert m["psnr"] == pytest.approx(ct_data.psnr(pred, prob.sino))
+    assert m["psnr"] > nearest + 3.0, (m, nearest)
+    assert m["psnr"] > fbp + 3.0, (m, fbp)
+    assert m["psnr_heldout"] > nearest  # the unmeasured angles are interpolated, not just the measured fit
+    assert np.mean(hist.losses[-50:]) < 0.05 * np.mean(hist.losses[:50])
+
+
+def test_closed_form_integral_matches_quadrature_of_grad_network():
+    """predict_sinogram (two integral-network evaluations per line) == dense quadrature of grad."""
+    prob = make_problem(16, 8, factor=2)
+    net = ac.compile(ct.make_spec("swish", ct.CTSettings(hidden=(16, 16), dtype="float64")))
+    pred = ct.predict_sinogram(net, prob)
+    rho = ct_data.detector_rho(16)
+    R, T = np.meshgrid(rho, prob.theta, indexing="ij")
+    x, half = ct._line_inputs(net, R.ravel(), T.ravel())
+    xt, ht = torch.from_numpy(x), torch.from_numpy(half)
+    with torch.no_grad():
+        quad = line_integral_mc(net.grad, xt, -ht, ht, column=2, n_samples=2000, stratified=False)
+    quad = quad[:, 0].numpy().reshape(R.shape) * prob.scale
+    np.testing.assert_allclose(pred, quad, rtol=1e-4, atol=1e-6)
+
+
+def test_line_values_are_normalised_line_integrals():
+    """A uniform disk of radius r (normalised units) has line integrals 2*sqrt(r^2 - rho^2)."""
+    n, r = 64, 0.6
+    c = n // 2
+    yy, xx = np.mgrid[:n, :n]
+    disk = (((yy - c) ** 2 + (xx - c) ** 2) <= (r * n / 2) ** 2).astype(float)
+    theta = ct_data.full_angles(8)
+    prob = CTProblem(disk, theta, ct_data.sinogram(disk, theta), 2, ct_data.subsample_indices(8, 2))
+    net = ac.compile(ct.make_spec("swish", ct.CTSettings(hidden=(8,))))
+    lines = ct.problem_lines(net, prob, mirror=True)
+    n_meas = n * len(prob.sub_idx)
+    assert len(lines) == 2 * n_meas  # every measured line also as (-rho, theta + 180)
+    rho = lines.x[:n_meas, 0].numpy()
+    val = lines.value[:n_meas, 0].numpy()
+    inside = np.abs(rho) < 0.8 * r
+    np.testing.assert_allclose(val[inside], 2 * np.sqrt(r**2 - rho[inside] ** 2), rtol=0.05)
+    # integration range: the chord of the unit circle
+    np.testing.assert_allclose(lines.upper.numpy(), np.sqrt(np.clip(1 - lines.x[:, 0].numpy() ** 2, 0, None)))
+    np.testing.assert_allclose(lines.lower.numpy(), -lines.upper.numpy())
+    # mirrored copies: -rho, theta + 180 deg (theta input + 1), same value
+    np.testing.assert_allclose(lines.x[n_meas:, 0].numpy(), -rho)
+    np.testing.assert_allclose(lines.x[n_meas:, 1].numpy(), lines.x[:n_meas, 1].numpy() + 1.0)
+    np.testing.assert_allclose(lines.value[n_meas:].numpy(), lines.value[:n_meas].numpy())
+
+
+def test_nearest_baseline_and_detector_flip():
+    prob = make_problem(32, 16, factor=4)
+    near = ct_data.nearest_baseline(prob.sub_sino, prob.sub_theta, prob.theta)
+    np.testing.assert_array_equal(near[:, prob.sub_idx], prob.sub_sino)  # measured angles kept
+    # p(s, theta + 180) = p(-s, theta): the last angle (168.75) is nearest to 180 = flipped 0 deg
+    from skimage.transform import radon
+
+    both = radon(prob.image, theta=np.array([0.0, 180.0]), circle=True)
+    np.testing.assert_allclose(ct_data._flip_detector(both[:, 0])[1:], both[1:, 1], rtol=1e-2, atol=1e-6)
+    np.testing.assert_array_equal(near[:, -1], ct_data._flip_detector(prob.sino[:, 0]))
+    plain = ct_data.nearest_baseline(prob.sub_sino, prob.sub_theta, prob.theta, wrap=False)
+    np.testing.assert_array_equal(plain[:, -1], prob.sino[:, prob.sub_idx[-1]])
+
+
+def test_fbp_baseline_with_all_angles_is_close():
+    prob = make_problem(64, 64, factor=1)
+    fbp = ct_data.fbp_baseline(prob.sub_sino, prob.sub_theta, prob.theta)
+    assert fbp.shape == prob.sino.shape
+    assert ct_data.psnr(fbp, prob.sino) > 30.0
+
+
+def test_psnr_and_subsampling():
+    ref = np.linspace(0, 1, 100)
+    assert ct_data.psnr(ref, ref) == float("inf")
+    assert ct_data.psnr(ref + 0.1, ref) == pytest.approx(20.0)
+    np.testing.assert_array_equal(ct_data.subsample_indices(64, 16), [0, 16, 32, 48])
+    with pytest.raises(ValueError, match="factor"):
+        ct_data.subsample_indices(8, 0)
+
+
+@pytest.mark.parametrize("act", ["sine", "swish", "relu", "softplus", {"formula": "x*tanh(x)"}])
+def test_specs_compile_for_every_activation(act):
+    spec = ct.make_spec(act, ct.CTSettings(hidden=(8, 8)))
+    net = ac.compile(spec)
+    assert net.in_features == 3 and net.integration_columns == [2] and net.out_features == 1
+    assert (spec.get("init") == "siren") == (act == "sine")
+    assert net.grad(torch.zeros(4, 3)).shape == (4, 1)
+
+
+def test_example_spec_is_the_builtin_swish_network():
+    a = ac.compile("examples/ct_shepp.yaml")
+    b = ac.compile(ct.make_spec("swish", ct.CTSettings(), name="ct_shepp"))
+    assert a.spec_hash == b.spec_hash
+
+
+def test_cli_writes_table_csv_and_figure(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    ct.add_parser(sub)
+    args = parser.parse_args(
+        ["ct", "--size", "16", "--angles", "16", "--factors", "4", "--activations", "swish,relu",
+         "--steps", "30", "--batch", "32", "--samples", "4", "--hidden", "16,16", "--no-progress",
+         "--out", str(tmp_path)]
+    )
+    assert args.func is ct.run_cli
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "| method | 4x |" in out and "AutoInt (swish)" in out and "nearest angle" in out
+    with open(tmp_path / "ct_results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["method"], r["activation"]) for r in rows} == {
+        ("fbp", ""), ("nearest", ""), ("autoint", "swish"), ("autoint", "relu")
+    }
+    assert all(np.isfinite(float(r["psnr"])) for r in rows)
+    assert (tmp_path / "ct_sinograms.png").stat().st_size > 10_000
+    assert "FBP" in (tmp_path / "ct_results.md").read_text()
+    meta = json.loads((tmp_path / "ct_results.json").read_text())
+    assert meta["settings"]["size"] == 16 and len(meta["rows"]) == 4
