@@ -91,9 +91,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def save_checkpoint(
-    path: str | os.PathLike, net: Any, *, extra: Mapping[str, Any] | None = None
-) -> Path:
+def save_checkpoint(path: str | os.PathLike, net: Any, *, extra: Mapping[str, Any] | None = None) -> Path:
     """Save ``net``'s shared parameters to ``path`` (safetensors), atomically.
 
     ``net`` is the object returned by ``autoint_compiler.compile`` (it needs ``.integral``,
@@ -152,9 +150,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return _metadata_from_bytes(raw, path)
 
 
-def load_checkpoint(
-    path: str | os.PathLike, net: Any, *, check_hash: bool = True
-) -> dict[str, str]:
+def load_checkpoint(path: str | os.PathLike, net: Any, *, check_hash: bool = True) -> dict[str, str]:
     """Load a checkpoint written by :func:`save_checkpoint` into ``net`` (in place).
 
     Raises :class:`CheckpointError` when the file is missing or unreadable, was not written by
@@ -165,9 +161,7 @@ def load_checkpoint(
     path = Path(path)
     tensors, metadata = _read(path)
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(
-            f"checkpoint {path}: not an autoint checkpoint (format={metadata.get('format')!r})"
-        )
+        raise CheckpointError(f"checkpoint {path}: not an autoint checkpoint (format={metadata.get('format')!r})")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(

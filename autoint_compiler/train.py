@@ -235,9 +235,7 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback) -> History:
 SampleFn = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
-def fit_samples(
-    net: Any, sample_fn: SampleFn, config: TrainConfig | None = None, *, desc: str = "fit"
-) -> History:
+def fit_samples(net: Any, sample_fn: SampleFn, config: TrainConfig | None = None, *, desc: str = "fit") -> History:
     """Fit ``net.grad`` to point samples: ``sample_fn(n, generator) -> (x [n, D], y [n, out])``.
 
     ``sample_fn`` should create its tensors on ``generator.device`` (the training device) in the

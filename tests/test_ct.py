@@ -137,9 +137,28 @@ def test_cli_writes_table_csv_and_figure(tmp_path, capsys):
     sub = parser.add_subparsers(dest="command")
     ct.add_parser(sub)
     args = parser.parse_args(
-        ["ct", "--size", "16", "--angles", "16", "--factors", "4", "--activations", "swish,relu",
-         "--steps", "30", "--batch", "32", "--samples", "4", "--hidden", "16,16", "--no-progress",
-         "--out", str(tmp_path)]
+        [
+            "ct",
+            "--size",
+            "16",
+            "--angles",
+            "16",
+            "--factors",
+            "4",
+            "--activations",
+            "swish,relu",
+            "--steps",
+            "30",
+            "--batch",
+            "32",
+            "--samples",
+            "4",
+            "--hidden",
+            "16,16",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert args.func is ct.run_cli
     assert args.func(args) == 0
@@ -148,7 +167,10 @@ def test_cli_writes_table_csv_and_figure(tmp_path, capsys):
     with open(tmp_path / "ct_results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {(r["method"], r["activation"]) for r in rows} == {
-        ("fbp", ""), ("nearest", ""), ("autoint", "swish"), ("autoint", "relu")
+        ("fbp", ""),
+        ("nearest", ""),
+        ("autoint", "swish"),
+        ("autoint", "relu"),
     }
     assert all(np.isfinite(float(r["psnr"])) for r in rows)
     assert (tmp_path / "ct_sinograms.png").stat().st_size > 10_000

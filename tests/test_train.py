@@ -158,7 +158,9 @@ def test_line_data_validation():
 def test_torch_compile_of_grad_network_trains():
     """torch.compile works on the grad network (no double backward); aot_eager keeps it fast on CPU."""
     net = _net(hidden=(8, 8), name="compiled_grad")
-    cfg = TrainConfig(steps=20, lr=1e-2, batch_size=64, progress=False, threads=1, compile=True, compile_backend="aot_eager")
+    cfg = TrainConfig(
+        steps=20, lr=1e-2, batch_size=64, progress=False, threads=1, compile=True, compile_backend="aot_eager"
+    )
     hist = fit_samples(net, _sin_sampler, cfg)
     assert hist.compiled and all(math.isfinite(v) for v in hist.losses)
     assert sum(hist.losses[-5:]) < sum(hist.losses[:5])

@@ -137,8 +137,9 @@ def make_spec(activation: Any = "swish", settings: CTSettings | None = None, nam
     features = []
     for var, freqs in (("rho", s.rho_frequencies), ("theta", s.theta_frequencies)):
         if freqs > 0:
-            graph.append({"name": f"enc_{var}", "op": "posenc", "in": [var], "frequencies": int(freqs),
-                          "include_input": True})
+            graph.append(
+                {"name": f"enc_{var}", "op": "posenc", "in": [var], "frequencies": int(freqs), "include_input": True}
+            )
             features.append(f"enc_{var}")
         else:
             features.append(var)
@@ -348,7 +349,8 @@ def _settings_dict(s: CTSettings) -> dict[str, Any]:
 def _settings_note(s: CTSettings, total: float) -> str:
     return (
         f"\nSettings: phantom {s.size}x{s.size}, {s.n_angles} angles over 180 deg, MLP {list(s.hidden)}, "
-        f"posenc {s.rho_frequencies} octaves on rho, {s.theta_frequencies} on theta, sine w0={s.sine_w0:g}, training mode "
+        f"posenc {s.rho_frequencies} octaves on rho, {s.theta_frequencies} on theta, sine w0={s.sine_w0:g}, "
+        "training mode "
         f"'{s.mode}' ({s.n_samples} stratified t samples per line), mirror={s.mirror}, "
         f"{s.steps} Adam steps x {s.batch_lines} lines, lr {s.lr:g} (sine: {s.sine_lr or s.lr:g}; cosine decay), "
         f"seed {s.seed}, "
@@ -439,10 +441,18 @@ def plot_sweep(result: dict[str, Any], path: str | Path, activation: str | None 
     if activation is not None:
         panels.append((f"AutoInt ({activation})", f"autoint-{activation}"))
     ncol = len(panels) + 1
-    fig, axes = plt.subplots(len(factors), ncol, figsize=(2.6 * ncol + 1.5, 2.6 * len(factors)), dpi=100,
-                             squeeze=False, gridspec_kw={"width_ratios": [1] * len(panels) + [1.8]})
-    psnr_of = {(r["method"] if r["method"] != "autoint" else f"autoint-{r['activation']}", r["factor"]): r["psnr"]
-               for r in rows}
+    fig, axes = plt.subplots(
+        len(factors),
+        ncol,
+        figsize=(2.6 * ncol + 1.5, 2.6 * len(factors)),
+        dpi=100,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1] * len(panels) + [1.8]},
+    )
+    psnr_of = {
+        (r["method"] if r["method"] != "autoint" else f"autoint-{r['activation']}", r["factor"]): r["psnr"]
+        for r in rows
+    }
     for i, f in enumerate(factors):
         prob = problems[f]
         ref = prob.sino
@@ -511,8 +521,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--factors", type=_int_list, default=list(DEFAULT_FACTORS), help="angle subsampling, e.g. 4,8,16")
-    p.add_argument("--activations", type=_act_list, default=list(DEFAULT_ACTIVATIONS),
-                   help="comma-separated, e.g. sine,swish,relu,softplus")
+    p.add_argument(
+        "--activations",
+        type=_act_list,
+        default=list(DEFAULT_ACTIVATIONS),
+        help="comma-separated, e.g. sine,swish,relu,softplus",
+    )
     p.add_argument("--size", type=int, default=d.size, help="phantom size (sinogram rows)")
     p.add_argument("--angles", type=int, default=d.n_angles, help="full number of angles over 180 deg")
     p.add_argument("--steps", type=int, default=d.steps)
@@ -522,21 +536,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=d.n_samples, help="t samples per line (grad mode)")
     p.add_argument("--hidden", type=_int_list, default=list(d.hidden))
     p.add_argument("--rho-frequencies", type=int, default=d.rho_frequencies, help="posenc octaves of rho (0: none)")
-    p.add_argument("--theta-frequencies", type=int, default=d.theta_frequencies,
-                   help="posenc octaves of theta (0: none)")
+    p.add_argument(
+        "--theta-frequencies", type=int, default=d.theta_frequencies, help="posenc octaves of theta (0: none)"
+    )
     p.add_argument("--w0", type=float, default=d.sine_w0, help="w0 of the sine activation")
-    p.add_argument("--mode", choices=["grad", "integral"], default=d.mode,
-                   help="grad: Monte-Carlo line integrals of the grad net (default); integral: closed form")
+    p.add_argument(
+        "--mode",
+        choices=["grad", "integral"],
+        default=d.mode,
+        help="grad: Monte-Carlo line integrals of the grad net (default); integral: closed form",
+    )
     p.add_argument("--no-mirror", action="store_true", help="do not use the (-rho, theta+180) symmetry")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N | auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the grad network")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads while training (default 1; 0: leave torch's setting)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="CPU threads while training (default 1; 0: leave torch's setting)",
+    )
     p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
     p.add_argument("--out", default=None, help="directory for CSV/markdown/JSON/PNG")
-    p.add_argument("--spec", default=None,
-                   help="train this spec (inputs rho, theta, t; integrate [t]) instead of --activations")
+    p.add_argument(
+        "--spec", default=None, help="train this spec (inputs rho, theta, t; integrate [t]) instead of --activations"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_cli)
     return p

@@ -44,8 +44,8 @@ __all__ = [
 
 DEFAULT_HIDDEN = (64, 64, 64)
 DEFAULT_ACTIVATION: Any = "swish"
-DEFAULT_STEPS = 2000
-DEFAULT_LR = 2e-3
+DEFAULT_STEPS = 5000
+DEFAULT_LR = 5e-3
 DEFAULT_BATCH = 1024
 N_INTERVALS = 1000
 
@@ -154,7 +154,7 @@ def fit_signal(
     import autoint_compiler as ac
 
     sig = get_signal(signal) if isinstance(signal, str) else signal
-    cfg = config or TrainConfig(steps=DEFAULT_STEPS, lr=DEFAULT_LR, batch_size=DEFAULT_BATCH)
+    cfg = config or TrainConfig(steps=DEFAULT_STEPS, lr=DEFAULT_LR, batch_size=DEFAULT_BATCH, threads=1)
     if spec is None:
         spec = make_spec(sig.name, hidden, activation, seed=cfg.seed)
     t0 = time.perf_counter()
@@ -271,9 +271,7 @@ def run(
         if out_dir is not None:
             res["plot"] = str(plot_result(net, sig, out_dir / f"oned_{sig.name}.png", hist))
             if save_checkpoints:
-                ckpt = save_checkpoint(
-                    out_dir / f"oned_{sig.name}.safetensors", net, extra={"steps": hist.steps}
-                )
+                ckpt = save_checkpoint(out_dir / f"oned_{sig.name}.safetensors", net, extra={"steps": hist.steps})
                 res["checkpoint"] = str(ckpt)
         if verbose:
             print(
@@ -299,7 +297,7 @@ def run(
 def demo(out: str | Path | None = None, steps: int = DEFAULT_STEPS) -> dict[str, Any]:
     """The ``make demo`` 1-D job: fit the polynomial (``examples/oned_poly.yaml`` settings) and
     print its integral over [-1, 2] against the exact value. Well under a minute on a CPU."""
-    cfg = TrainConfig(steps=steps, lr=DEFAULT_LR, batch_size=DEFAULT_BATCH, progress=False)
+    cfg = TrainConfig(steps=steps, lr=DEFAULT_LR, batch_size=DEFAULT_BATCH, progress=False, threads=1)
     return run(["poly"], cfg, out=out)[0]
 
 
@@ -310,7 +308,9 @@ def _parse_hidden(text: str) -> list[int]:
     try:
         vals = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden wants comma-separated widths, e.g. 64,64,64; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--hidden wants comma-separated widths, e.g. 64,64,64; got {text!r}"
+        ) from None
     if not vals or min(vals) < 1:
         raise argparse.ArgumentTypeError(f"--hidden wants positive widths, got {text!r}")
     return vals
@@ -344,11 +344,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--out", default=None, help="directory for PNG/JSON/markdown/checkpoints")
     p.add_argument("--hidden", type=_parse_hidden, default=list(DEFAULT_HIDDEN), help="e.g. 64,64,64")
-    p.add_argument("--activation", type=parse_activation, default=DEFAULT_ACTIVATION,
-                   help="swish | sine:30 | '{formula: x*tanh(softplus(x))}' ...")
+    p.add_argument(
+        "--activation",
+        type=parse_activation,
+        default=DEFAULT_ACTIVATION,
+        help="swish | sine:30 | '{formula: x*tanh(softplus(x))}' ...",
+    )
     p.add_argument("--spec", default=None, help="a spec file to use instead of --hidden/--activation")
     p.add_argument("--compile", action="store_true", help="torch.compile the grad network")
     p.add_argument("--intervals", type=int, default=N_INTERVALS)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads while training (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=run_cli)
     return p
@@ -363,6 +368,7 @@ def run_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         compile=args.compile,
+        threads=args.threads or None,
         progress=False if args.no_progress else None,
     )
     signals = sorted(SIGNALS, key=lambda s: s != "poly") if args.signal == "all" else [args.signal]
