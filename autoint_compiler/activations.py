@@ -195,7 +195,9 @@ def activation(name: str, **params) -> PointwiseFn:
 def formula(text: str) -> PointwiseFn:
     """A user activation from a formula string (parsed by the whitelisting parser below)."""
     expr = stabilize(parse_formula(text))
-    return register(expr, f"formula[{canonical_key(expr)}]")
+    label = f"formula[{canonical_key(expr)}]"
+    fn = register(expr, label)
+    return fn if fn.label == label else replace(fn, label=label)
 
 
 def _fmt(v: float) -> str:
@@ -278,21 +280,74 @@ def _build(node: ast.AST) -> sp.Expr:
     if isinstance(node, ast.BinOp):
         a, b = _build(node.left), _build(node.right)
         if type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](a, b)
+            return _bounded(_BINOPS[type(node.op)](a, b))
         if isinstance(node.op, ast.Pow):
             if b.is_number and abs(float(b)) > MAX_EXPONENT:
                 raise FormulaError(f"exponent {b} out of range (|p| <= {MAX_EXPONENT})")
-            return a**b
-        raise FormulaError(f"operator {type(node.op).__name__} is not allowed (only + - * / **)")
+            if a.is_number and b.is_number and a != 0:
+                # bound the size of a constant power before sympy computes it exactly
+                magnitude = float(b) * math.log10(abs(float(a)))
+                if magnitude > MAX_MAGNITUDE:
+                    raise FormulaError(f"constant {a}**{b} is too large (over 1e{MAX_MAGNITUDE})")
+            return _bounded(a**b)
+        raise FormulaError(f"operator {_syntax_name(node.op)} is not allowed (only + - * / **)")
     if isinstance(node, ast.Call):
-        if not isinstance(node.func, ast.Name) or node.func.id not in FORMULA_FUNCTIONS:
-            name = node.func.id if isinstance(node.func, ast.Name) else ast.dump(node.func)[:40]
-            known = ", ".join(sorted(FORMULA_FUNCTIONS))
-            raise FormulaError(f"function {name!r} is not allowed (allowed: {known})")
+        known = ", ".join(sorted(FORMULA_FUNCTIONS))
+        if not isinstance(node.func, ast.Name):
+            raise FormulaError(f"only calls of a function by name are allowed, not of {_syntax_name(node.func)}")
+        if node.func.id not in FORMULA_FUNCTIONS:
+            raise FormulaError(f"function {node.func.id!r} is not allowed (allowed: {known})")
         if node.keywords or len(node.args) != 1:
             raise FormulaError(f"{node.func.id}() takes exactly one positional argument")
         return FORMULA_FUNCTIONS[node.func.id](_build(node.args[0]))
-    raise FormulaError(f"{type(node).__name__} is not allowed in a formula")
+    raise FormulaError(f"{_syntax_name(node)} is not allowed in a formula")
+
+
+MAX_MAGNITUDE = 300
+_SYNTAX_NAMES = {
+    "Attribute": "attribute access (a.b)",
+    "Subscript": "indexing (a[b])",
+    "Lambda": "a lambda",
+    "IfExp": "a conditional expression (a if b else c)",
+    "JoinedStr": "an f-string",
+    "Compare": "a comparison",
+    "BoolOp": "and/or",
+    "Call": "a call's result",
+    "List": "a list",
+    "Tuple": "a tuple",
+    "Dict": "a dict",
+    "Set": "a set",
+    "ListComp": "a comprehension",
+    "GeneratorExp": "a generator",
+    "NamedExpr": "an assignment (:=)",
+    "Starred": "unpacking (*a)",
+    "Await": "await",
+    "Mod": "%",
+    "FloorDiv": "//",
+    "MatMult": "@",
+    "BitAnd": "&",
+    "BitOr": "|",
+    "BitXor": "^",
+    "LShift": "<<",
+    "RShift": ">>",
+}
+
+
+def _syntax_name(node: ast.AST) -> str:
+    name = type(node).__name__
+    return _SYNTAX_NAMES.get(name, name)
+
+
+def _bounded(value: sp.Expr) -> sp.Expr:
+    """A numeric subexpression must stay a finite float (a formula is printed as float literals)."""
+    if value.is_number:
+        try:
+            v = abs(complex(value.evalf(17)))
+        except (OverflowError, ValueError, TypeError):
+            v = math.inf
+        if not math.isfinite(v) or v > 10.0**MAX_MAGNITUDE:
+            raise FormulaError(f"constant subexpression {sp.sstr(value)[:40]} is out of range (over 1e{MAX_MAGNITUDE})")
+    return value
 
 
 def stabilize(expr: sp.Expr) -> sp.Expr:

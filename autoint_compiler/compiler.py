@@ -70,9 +70,10 @@ def compile_source(spec: Any, backend: str | None = None, *, fuse: bool = True) 
 def _report(integral: IRGraph, grad: IRGraph) -> dict[str, Any]:
     # the grad network is derived from every pointwise function of Phi: a kink in Phi's activations is a
     # kink or a jump (or, pruned away, a Dirac delta) in the grad network
-    fns = [A.lookup(g.attrs(n)["fn"]) for g in (integral, grad) for n in g.order() if g.op(n) == "pointwise"]
-    nonsmooth = sorted({f.label for f in fns if not f.smooth})
-    discontinuous = sorted({f.label for f in fns if not f.continuous})
+    fns = [(g.attrs(n)["label"], A.lookup(g.attrs(n)["fn"])) for g in (integral, grad) for n in g.order()
+           if g.op(n) == "pointwise"]
+    nonsmooth = sorted({label for label, f in fns if not f.smooth})
+    discontinuous = sorted({label for label, f in fns if not f.continuous})
     params = sum(p.out * p.inp + (p.out if p.bias else 0) for p in integral.graph["params"].values())
     return {
         "integral_nodes": integral.number_of_nodes(),

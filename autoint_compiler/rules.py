@@ -124,7 +124,8 @@ def _pointwise(b: Builder, nid: int, T: Tangents) -> Optional[int]:
         return None
     if d.expr.is_number:  # an affine formula: f' is a constant
         return b.scale(t, float(d.expr))
-    return b.mul(b.pointwise(a, d.key, d.label), t)
+    # the label follows the node's own (swish -> swish'), never the registry's first-seen alias
+    return b.mul(b.pointwise(a, d.key, b.g.attrs(nid)["label"] + "'"), t)
 
 
 def _fscale(b: Builder, nid: int, T: Tangents) -> Optional[int]:

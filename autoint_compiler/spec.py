@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -287,6 +288,7 @@ _MESSAGES = {
     "model_type": "expected a mapping",
     "literal_error": "expected {expected}",
 }
+_MESSAGES["string_too_long"] = _MESSAGES["string_too_short"] = None  # handled with too_long/too_short
 
 
 def _describe(err: dict) -> tuple[str, str]:
@@ -313,8 +315,14 @@ def _describe(err: dict) -> tuple[str, str]:
         op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()))
         return path, f"expected a value {op} {bound}, got {got!r}"
+    if kind in ("string_too_long", "string_too_short"):
+        kind = kind.replace("string_", "")
+        return path, f"expected {_length_text(ctx, kind).replace('item(s)', 'character(s)')}, got {len(got)} characters"
     if kind in ("too_short", "too_long"):
-        return path, f"expected {_length_text(ctx, kind)}, got {len(got) if hasattr(got, '__len__') else got!r}"
+        if isinstance(got, str):
+            unit = "character(s)"
+            return path, f"expected {_length_text(ctx, kind).replace('item(s)', unit)}, got {len(got)} {unit}"
+        return path, f"expected {_length_text(ctx, kind)}, got {len(got) if hasattr(got, '__len__') else _short(got)}"
     if kind == "literal_error":
         return path, f"expected {ctx.get('expected')}, got {got!r}"
     if kind == "missing":
@@ -329,8 +337,13 @@ def _length_text(ctx: dict, kind: str) -> str:
     return f"at most {ctx.get('max_length')} item(s)"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
+
+
 def _short(v: Any) -> str:
-    text = repr(v)
+    """A bounded repr: reprlib never walks more than a few elements (a YAML alias bomb stays cheap)."""
+    text = _REPR.repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -427,7 +440,11 @@ def _graph_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
     for i, node in enumerate(nodes):
         where = f"graph[{i}]"
         if not is_identifier(node.name):
-            problems.append((f"{where}.name", f"expected an identifier (letters, digits, _), got {node.name!r}"))
+            msg = f"expected an identifier (letters, digits, _), got {_short(node.name)}"
+            problems.append((f"{where}.name", msg))
+        elif node.name.startswith("__"):
+            msg = f"expected a name not starting with '__' (Python mangles those), got {node.name!r}"
+            problems.append((f"{where}.name", msg))
         if node.name in spec.inputs:
             problems.append((f"{where}.name", f"{node.name!r} is already an input name"))
         if node.name in names:

@@ -379,12 +379,6 @@ ALIAS_SPECS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: pointwise functions are registered by expression and the first label wins, so "
-    "compiling a 'silu' network earlier in the process makes a later 'swish' network's files say "
-    "silu/silu' (same spec, different bytes depending on process history)",
-)
 @pytest.mark.parametrize("kind", sorted(DETERMINISM_SPECS))
 def test_output_does_not_depend_on_process_history(kind):
     spec = DETERMINISM_SPECS[kind]
@@ -468,12 +462,6 @@ def test_generated_module_passes_ruff(kind, tmp_path):
         assert out.returncode == 0, f"ruff {' '.join(args) or '(default rules)'}:\n{out.stdout}{out.stderr}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: fused-region code (forward/backward expressions, docstrings, call comments) is "
-    "emitted on single lines of up to ~210 characters; ruff E501 at line-length 110 fails (also at "
-    "the 120 now in pyproject.toml)",
-)
 @pytest.mark.parametrize("kind", sorted(DETERMINISM_SPECS))
 def test_generated_module_lines_fit_110_columns(kind, tmp_path):
     cs = ac.compile_source(DETERMINISM_SPECS[kind])

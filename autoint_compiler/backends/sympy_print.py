@@ -176,29 +176,93 @@ def print_group(exprs: list[sp.Expr], var: str, prefix: str) -> tuple[list[tuple
 
 
 def split_long(name: str, code: str, limit: int = 96) -> list[str]:
-    """``name = code`` as one line, or, when longer than ``limit``, a parenthesised block broken at
-    the top-level ``+``/``-`` (else ``*``) operators, so generated files stay within the line length."""
+    """``name = code`` as one line or, past ``limit`` columns, as a parenthesised block broken the way a
+    person would: at top-level ``+``/``-``, else ``*``/``/``, else between the arguments of the outer
+    call; pieces that are still too long are broken again, one indent deeper."""
     line = f"{name} = {code}"
     if len(line) <= limit:
         return [line]
+    body = _layout(code, 4, limit)
+    if len(body) == 1:
+        return [line]
+    return [f"{name} = ("] + body + [")"]
+
+
+def _top_level_split(code: str, ops: tuple[str, ...]) -> list[str]:
+    pieces, depth, start, i = [], 0, 0, 0
+    while i < len(code):
+        ch = code[i]
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0 and i > start and any(code.startswith(op, i) for op in ops):
+            pieces.append(code[start:i].strip())
+            start = i + 1  # the operator stays at the head of the next piece
+            i += 2
+            continue
+        i += 1
+    pieces.append(code[start:].strip())
+    return pieces
+
+
+def _call_parts(code: str) -> tuple[str, list[str]] | None:
+    """``f(a, b)`` -> ("f(", ["a", "b"]) when the whole string is one call."""
+    if not code.endswith(")"):
+        return None
+    depth = 0
+    for i, ch in enumerate(code):
+        if ch in "([":
+            depth += 1
+            if depth == 1 and ch == "(":
+                if i == 0 or not (code[i - 1].isalnum() or code[i - 1] in "_."):
+                    return None
+                head, inner = code[: i + 1], code[i + 1 : -1]
+                break
+        elif ch in ")]":
+            depth -= 1
+    else:
+        return None
+    depth, start, args = 0, 0, []
+    for i, ch in enumerate(inner):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == "," and depth == 0:
+            args.append(inner[start:i].strip())
+            start = i + 1
+    args.append(inner[start:].strip())
+    return head, args
+
+
+def _layout(code: str, indent: int, limit: int, prefix: str = "", suffix: str = "") -> list[str]:
+    pad = " " * indent
+    if indent + len(prefix) + len(code) + len(suffix) <= limit:
+        return [f"{pad}{prefix}{code}{suffix}"]
     for ops in ((" + ", " - "), (" * ", " / ")):
-        pieces, depth, start, i = [], 0, 0, 0
-        while i < len(code):
-            ch = code[i]
-            if ch in "([":
-                depth += 1
-            elif ch in ")]":
-                depth -= 1
-            elif depth == 0 and any(code.startswith(op, i) for op in ops):
-                pieces.append(code[start:i])
-                start = i + 1  # keep the operator with the next piece
-                i += 2
-                continue
-            i += 1
-        pieces.append(code[start:])
+        pieces = _top_level_split(code, ops)
         if len(pieces) > 1:
-            return [f"{name} = ("] + [f"    {p.strip()}" for p in pieces] + [")"]
-    return [line]
+            out = []
+            for k, piece in enumerate(pieces):
+                op, rest = (piece[:2], piece[2:]) if k else ("", piece)
+                last = k == len(pieces) - 1
+                out += _layout(rest, indent, limit, (prefix if k == 0 else "") + op, suffix if last else "")
+            return out
+    call = _call_parts(code)
+    if call is not None:
+        head, args = call
+        out = [f"{pad}{prefix}{head}"]
+        for arg in args:
+            out += _layout(arg, indent + 4, limit, "", ",")
+        return out + [f"{pad}){suffix}"]
+    if code.startswith("(") and code.endswith(")"):
+        out = [f"{pad}{prefix}("]
+        out += _layout(code[1:-1], indent + 4, limit)
+        return out + [f"{pad}){suffix}"]
+    return [f"{pad}{prefix}{code}{suffix}"]
 
 
 def print_exprs(exprs: list[sp.Expr], names: dict[sp.Symbol, str], prefix: str):

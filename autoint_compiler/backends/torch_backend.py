@@ -98,7 +98,7 @@ class FusedFunctions:
         names.update({gj: str(gj) for gj in gs})
         args = ", ".join(str(u) for u in us)
         summary = "; ".join(f"o{j} = {A.canonical_key(o)}" for j, o in enumerate(outs))
-        doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96)
+        doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96, break_long_words=True)
         lines = [f"class {name}(torch.autograd.Function):", f'    """{doc[0]}']
         lines += [f"    {d}" for d in doc[1:]]
         lines += ['    """', "", "    @staticmethod", f"    def forward(ctx, {args}):"]
@@ -168,9 +168,9 @@ class _Emitter:
         name = f"v{nid}"
         self.var[nid] = name
         lines = sympy_print.split_long(name, code)
-        if comment and len(lines[0]) + len(comment) <= 98:
+        if comment and len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
             lines[0] += f"  # {comment}"
-        elif comment:
+        elif comment and len(comment) <= 100:
             lines.insert(0, f"# {comment}")
         self.out.lines.extend(lines)
 
@@ -252,8 +252,13 @@ class _Emitter:
             self.var[o] = f"v{o}"
         labels = [self.g.attrs(n)["label"] for n in region.nodes if self.g.op(n) == "pointwise"]
         target = outs[0] if len(outs) == 1 else ", ".join(outs)
-        self.out.lines.extend(sympy_print.split_long(target, f"{cls}.apply({args})"))
-        self.out.lines[-1] += f"  # {', '.join(labels)}" if len(self.out.lines[-1]) < 80 else ""
+        comment = f"# {', '.join(labels)}"
+        lines = sympy_print.split_long(target, f"{cls}.apply({args})")
+        if len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
+            lines[0] += "  " + comment
+        elif len(comment) <= 100:
+            lines.insert(0, comment)
+        self.out.lines.extend(lines)
 
     def _contiguous_inputs(self, ins) -> bool:
         g = self.g
@@ -281,15 +286,15 @@ class _Emitter:
             # from its expression so they share subexpressions (swish' reuses sigmoid(z) and z*sigmoid(z))
             if fn.library and len(members) == 1:
                 args = {f"a{i}": _f(v) for i, v in enumerate(fn.library_args)}
-                self.assign(m, sympy_print.LIBRARY[fn.library].format(x=var, **args), fn.label)
+                self.assign(m, sympy_print.LIBRARY[fn.library].format(x=var, **args), self.g.attrs(m)["label"])
             else:
                 symbolic.append((m, fn))
         if symbolic:
             temps, codes = sympy_print.print_group([fn.expr for _, fn in symbolic], var, f"{var}_")
             for name, code in temps:
                 self.out.lines.extend(sympy_print.split_long(name, code))
-            for (m, fn), code in zip(symbolic, codes):
-                self.assign(m, code, fn.label)
+            for (m, _), code in zip(symbolic, codes):
+                self.assign(m, code, self.g.attrs(m)["label"])
         self.done.update(members)
 
 
@@ -318,7 +323,7 @@ def generate(spec, integral_ir: IRGraph, grad_ir: IRGraph, version: str, fuse: b
         dict(name=name, out=p.out, inp=p.inp, bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
         for name, p in sorted(integral_ir.graph["params"].items())
     ]
-    nonsmooth = sorted({A.lookup(grad_ir.attrs(n)["fn"]).label for n in grad_ir.order()
+    nonsmooth = sorted({grad_ir.attrs(n)["label"] for n in grad_ir.order()
                         if grad_ir.op(n) == "pointwise" and not A.lookup(grad_ir.attrs(n)["fn"]).smooth})
     return render(
         "torch_module.py.j2",
