@@ -332,7 +332,7 @@ def run_sweep(
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(rows, out_dir / "ct_results.csv")
-        (out_dir / "ct_results.md").write_text(format_table(rows) + _settings_note(s, total))
+        (out_dir / "ct_results.md").write_text(format_report(rows, s, total))
         (out_dir / "ct_results.json").write_text(
             json.dumps({"settings": _settings_dict(s), "total_s": total, "rows": rows}, indent=2) + "\n"
         )
@@ -384,15 +384,15 @@ def _method_label(row: dict[str, Any]) -> str:
     return {"fbp": "FBP (iradon + radon)", "nearest": "nearest angle"}.get(row["method"], row["method"])
 
 
-def format_table(rows: Sequence[dict[str, Any]], key: str = "psnr") -> str:
-    """Markdown table: method (rows) x subsampling factor (columns), PSNR in dB."""
+def format_table(rows: Sequence[dict[str, Any]], key: str = "psnr", fmt: str = "{:.2f}", bold_max: bool = True) -> str:
+    """Markdown table: method (rows) x subsampling factor (columns) of ``key`` (PSNR in dB)."""
     factors = sorted({r["factor"] for r in rows})
     labels: list[str] = []
     for r in rows:
         lab = _method_label(r)
         if lab not in labels:
             labels.append(lab)
-    labels.sort(key=lambda lab: (not lab.startswith("AutoInt"), lab))
+    labels.sort(key=lambda lab: not lab.startswith("AutoInt"))  # stable: AutoInt rows first, in run order
     table = {(_method_label(r), r["factor"]): r[key] for r in rows}
     best = {f: max(v for (lab, ff), v in table.items() if ff == f) for f in factors}
     head = "| method | " + " | ".join(f"{f}x" for f in factors) + " |\n"
@@ -405,10 +405,25 @@ def format_table(rows: Sequence[dict[str, Any]], key: str = "psnr") -> str:
             if v is None:
                 cells.append("")
             else:
-                cell = f"{v:.2f}"
-                cells.append(f"**{cell}**" if v == best[f] else cell)
+                cell = fmt.format(v)
+                cells.append(f"**{cell}**" if bold_max and v == best[f] else cell)
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def format_report(rows: Sequence[dict[str, Any]], settings: CTSettings, total_s: float) -> str:
+    """The markdown report: PSNR over all angles, over held-out angles only, and training times."""
+    auto = [r for r in rows if r["method"] == "autoint"]
+    parts = [
+        "## Sinogram PSNR (dB), all angles\n",
+        format_table(rows),
+        "\n## PSNR (dB), held-out (unmeasured) angles only\n",
+        format_table(rows, key="psnr_heldout"),
+    ]
+    if auto:
+        parts += ["\n## Training time (s)\n", format_table(auto, key="train_s", fmt="{:.1f}", bold_max=False)]
+    parts.append(_settings_note(settings, total_s))
+    return "".join(parts)
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -421,9 +436,12 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def plot_sweep(result: dict[str, Any], path: str | Path, activation: str | None = None) -> Path:
+def plot_sweep(result: dict[str, Any], path: str | Path, activations: Sequence[str] | None = None) -> Path:
     """Figure like the paper's: per factor, the reference, nearest, FBP and AutoInt sinograms, and
-    the centre scan line (the sinogram row at the central detector, across all angles)."""
+    the centre scan line (the sinogram row at the central detector, across all angles).
+
+    ``activations``: the AutoInt results to show (default: swish, the paper's choice, and the
+    activation with the best mean PSNR if that is another one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -431,15 +449,17 @@ def plot_sweep(result: dict[str, Any], path: str | Path, activation: str | None 
 
     rows, sinos, problems = result["rows"], result["sinograms"], result["problems"]
     auto = [r for r in rows if r["method"] == "autoint"]
-    if activation is None and auto:
+    if activations is None:
         by_act: dict[str, list[float]] = {}
         for r in auto:
             by_act.setdefault(r["activation"], []).append(r["psnr"])
-        activation = max(by_act, key=lambda a: float(np.mean(by_act[a])))
+        activations = [a for a in ("swish",) if a in by_act]
+        if by_act:
+            best = max(by_act, key=lambda a: float(np.mean(by_act[a])))
+            activations += [best] if best not in activations else []
     factors = sorted(problems)
     panels = [("reference", None), ("nearest", "nearest"), ("FBP", "fbp")]
-    if activation is not None:
-        panels.append((f"AutoInt ({activation})", f"autoint-{activation}"))
+    panels += [(f"AutoInt ({a})", f"autoint-{a}") for a in activations]
     ncol = len(panels) + 1
     fig, axes = plt.subplots(
         len(factors),
@@ -474,8 +494,9 @@ def plot_sweep(result: dict[str, Any], path: str | Path, activation: str | None 
         ax.plot(prob.theta, ref[c], "k-", lw=2.2, alpha=0.35, label="reference")
         ax.plot(prob.theta, sinos[("nearest", f)][c], "C2-", lw=0.9, label="nearest")
         ax.plot(prob.theta, sinos[("fbp", f)][c], "C0-", lw=0.9, label="FBP")
-        if activation is not None:
-            ax.plot(prob.theta, sinos[(f"autoint-{activation}", f)][c], "C3--", lw=1.2, label=f"AutoInt ({activation})")
+        for k, a in enumerate(activations):
+            style = ("C3--", "C1:", "C4-.", "C5--")[k % 4]
+            ax.plot(prob.theta, sinos[(f"autoint-{a}", f)][c], style, lw=1.2, label=f"AutoInt ({a})")
         ax.plot(prob.sub_theta, prob.sub_sino[c], "ko", ms=3, label="measured")
         ax.set_xlim(0, 180)
         ax.set_title("centre detector row vs angle" if i == 0 else "", fontsize=8)

@@ -355,6 +355,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--intervals", type=int, default=N_INTERVALS)
     p.add_argument("--threads", type=int, default=1, help="CPU threads while training (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--no-checkpoint", action="store_true", help="do not save .safetensors checkpoints in --out")
     p.set_defaults(func=run_cli)
     return p
 
@@ -380,6 +381,7 @@ def run_cli(args: argparse.Namespace) -> int:
         hidden=args.hidden,
         activation=args.activation,
         n_intervals=args.intervals,
+        save_checkpoints=not args.no_checkpoint,
     )
     return 0
 
