@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ import autoint_compiler as ac
 from autoint_compiler.apps import ct, ct_data
 from autoint_compiler.apps.ct_data import CTProblem, make_problem
 from autoint_compiler.train import line_integral_mc
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 TINY = dict(
     size=32,
@@ -127,7 +130,7 @@ def test_specs_compile_for_every_activation(act):
 
 
 def test_example_spec_is_the_builtin_swish_network():
-    a = ac.compile("examples/ct_shepp.yaml")
+    a = ac.compile(EXAMPLES / "ct_shepp.yaml")
     b = ac.compile(ct.make_spec("swish", ct.CTSettings(), name="ct_shepp"))
     assert a.spec_hash == b.spec_hash
 

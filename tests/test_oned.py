@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import autoint_compiler as ac
 from autoint_compiler.apps import oned
 from autoint_compiler.apps.signals1d import SIGNALS, get_signal
 from autoint_compiler.train import TrainConfig
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 FAST = dict(steps=1500, lr=5e-3, batch_size=512, seed=0, progress=False, threads=1)
 
@@ -74,7 +77,7 @@ def test_evaluate_uses_net_integrate():
 
 
 def test_example_spec_matches_builtin():
-    assert ac.compile("examples/oned_poly.yaml").spec_hash == ac.compile(oned.make_spec("poly")).spec_hash
+    assert ac.compile(EXAMPLES / "oned_poly.yaml").spec_hash == ac.compile(oned.make_spec("poly")).spec_hash
 
 
 def test_cli_train_1d_writes_outputs(tmp_path, capsys):
