@@ -134,3 +134,14 @@ def test_demo_prints_integral_against_exact(capsys):
     out = capsys.readouterr().out
     assert "[poly]" in out and "exact -0.570000" in out
     assert res["signal"] == "poly" and res["steps"] == 50
+
+
+def test_cli_unavailable_device_is_one_line_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    parser = argparse.ArgumentParser()
+    oned.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-1d", "--device", "cuda", "--steps", "1"])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "Traceback" not in err

@@ -588,7 +588,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    resolve_device(args.device)
+    try:
+        resolve_device(args.device)  # fail early, in one line
+    except (RuntimeError, ValueError) as exc:
+        print(f"autoint-compile: error: {exc}", file=sys.stderr)
+        return 2
     s = CTSettings(
         size=args.size,
         n_angles=args.angles,

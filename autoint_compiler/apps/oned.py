@@ -361,7 +361,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    resolve_device(args.device)  # fail early with a clear message
+    try:
+        resolve_device(args.device)  # fail early, in one line
+    except (RuntimeError, ValueError) as exc:
+        print(f"autoint-compile: error: {exc}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         steps=args.steps,
         lr=args.lr,
