@@ -24,8 +24,9 @@ demo: setup
 	@for spec in examples/*.yaml; do $(VENV)/bin/autoint-compile "$$spec" -o $(OUT)/examples || exit 1; done
 	$(VENV)/bin/autoint-compile train-1d --signal poly --out $(OUT)/oned
 
+# one torch thread per pytest worker: two workers on two cores, no oversubscription
 test: setup
-	$(PY) -m pytest -n 2 -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q -p no:cacheprovider
 
 lint: setup
 	$(VENV)/bin/ruff check autoint_compiler tests benchmarks

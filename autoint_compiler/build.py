@@ -65,7 +65,7 @@ def _build_mlp(spec: NetworkSpec) -> IRGraph:
     features = []
     for name in spec.inputs:
         if enc is not None and name in enc.inputs:
-            features.append(b.posenc(inputs[name], posenc_freqs(enc.frequencies), enc.include_input))
+            features.append(b.posenc(inputs[name], posenc_freqs(enc.octaves(name)), enc.include_input))
         else:
             features.append(inputs[name])
     encoded = b.concat(features)
@@ -96,13 +96,14 @@ def _build_graph(spec: NetworkSpec) -> IRGraph:
     by_name = {n.name: n for n in spec.graph}
     order = list(nx.lexicographical_topological_sort(deps, key=lambda n: [m.name for m in spec.graph].index(n)))
     first_linear = _first_linears(spec)
+    sine_w0 = _sine_w0_of_linears(spec)
     last = None
     for name in order:
         node = by_name[name]
         a = node_attrs(node)
         ins = [env[r] for r in node.inputs]
         try:
-            env[name] = last = _lower(g, b, spec, node.name, node.op, ins, a, first_linear)
+            env[name] = last = _lower(g, b, spec, node.name, node.op, ins, a, first_linear, sine_w0)
         except CompileError as exc:
             raise CompileError(f"graph node {node.name!r} (op {node.op}): {exc}") from None
     g.graph["outputs"] = [env[spec.graph[-1].name] if last is not None else last]
@@ -126,14 +127,33 @@ def _first_linears(spec: NetworkSpec) -> set[str]:
     return {n.name for n in spec.graph if n.op == "linear" and not has_linear_upstream(n.name)}
 
 
-def _lower(g, b: Builder, spec, name, op, ins, a, first_linear) -> int:
+def _sine_w0_of_linears(spec: NetworkSpec) -> dict[str, float]:
+    """For SIREN init: the w0 of the sine that reads a linear node (else of the sine it reads)."""
+    out: dict[str, float] = {}
+    by_name = {n.name: n for n in spec.graph}
+    for n in spec.graph:
+        if n.op == "sine":
+            w0 = float(node_attrs(n)["w0"])
+            for ref in n.inputs:
+                if ref in by_name and by_name[ref].op == "linear":
+                    out[ref] = w0
+    for n in spec.graph:
+        if n.op == "linear" and n.name not in out:
+            for ref in n.inputs:
+                if ref in by_name and by_name[ref].op == "sine":
+                    out[n.name] = float(node_attrs(by_name[ref])["w0"])
+    return out
+
+
+def _lower(g, b: Builder, spec, name, op, ins, a, first_linear, sine_w0) -> int:
     if op == "constant":
         return b.const([a["value"]] * a["out"])
     if op in ("add", "sub", "mul"):
         return getattr(b, op)(ins[0], ins[1])
     x = b.concat(ins)
     if op == "linear":
-        _declare(g, name, a["out"], g.width(x), a["bias"], spec.init, first=name in first_linear, w0=None)
+        w0 = sine_w0.get(name)
+        _declare(g, name, a["out"], g.width(x), a["bias"], spec.init, first=name in first_linear, w0=w0)
         return b.linear(x, name)
     if op == "posenc":
         return b.posenc(x, posenc_freqs(a["frequencies"]), a["include_input"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except AutoIntError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # bad paths, unreadable or mismatched files: one line, not a traceback
+        if os.environ.get("AUTOINT_DEBUG"):
+            raise
+        print(f"error: {exc.__class__.__name__}: {exc} (AUTOINT_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

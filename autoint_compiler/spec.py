@@ -85,8 +85,20 @@ def _check_activation(value: Any) -> Any:
 
 class EncodingSpec(_Strict):
     inputs: list[str] = Field(min_length=1)
-    frequencies: int = Field(ge=1, le=32)
+    frequencies: int | dict[str, int]  # one count for all inputs, or one per input
     include_input: bool = True
+
+    @field_validator("frequencies")
+    @classmethod
+    def _frequencies(cls, v):
+        for key, n in (v.items() if isinstance(v, dict) else [(None, v)]):
+            if not 1 <= n <= 32:
+                where = f"[{key!r}]: " if key is not None else ""
+                raise ValueError(f"{where}expected a number of octaves between 1 and 32, got {n}")
+        return v
+
+    def octaves(self, name: str) -> int:
+        return self.frequencies[name] if isinstance(self.frequencies, dict) else self.frequencies
 
 
 class MLPSpec(_Strict):
@@ -188,7 +200,13 @@ class NetworkSpec(_Strict):
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        """SHA-256 of the architecture: the canonical spec without ``seed``, ``dtype`` and ``backend``,
+        which change neither the parameters' names nor their shapes (a checkpoint made with one seed
+        or dtype loads into a network compiled with another)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for key in ("seed", "dtype", "backend"):
+            data.pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -422,6 +440,14 @@ def _mlp_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
                 problems.append((f"mlp.encoding.inputs[{i}]", f"unknown input {name!r}; expected one of: {expected}"))
         if len(set(mlp.encoding.inputs)) != len(mlp.encoding.inputs):
             problems.append(("mlp.encoding.inputs", "an input is listed twice"))
+        if isinstance(mlp.encoding.frequencies, dict):
+            listed = set(mlp.encoding.inputs)
+            for key in mlp.encoding.frequencies:
+                if key not in listed:
+                    problems.append((f"mlp.encoding.frequencies.{key}", f"{key!r} is not in encoding.inputs"))
+            for name in mlp.encoding.inputs:
+                if name not in mlp.encoding.frequencies:
+                    problems.append(("mlp.encoding.frequencies", f"missing the number of octaves for {name!r}"))
     for i, s in enumerate(mlp.skips):
         if not 1 <= s < len(mlp.hidden):
             last = len(mlp.hidden) - 1
