@@ -3,7 +3,6 @@ primal+tangent reference that shares the compiled net's parameter tensors."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,11 +236,25 @@ def make_inputs(n: int, d: int, *, device: str = "cpu", seed: int = 0, dtype=tor
 
 
 def double_copy(b: Bench):
-    """A float64 deep copy of the net (integral and grad keep sharing parameters), or None."""
+    """A float64 copy of the net with the same weights (integral and grad sharing parameters).
+
+    Returns (net64, "") or (None, reason).  The real compiler builds float64 modules itself
+    (``ac.compile(spec, dtype=torch.float64)``); the weights are then copied from the float32 net.
+    """
     try:
-        net = copy.deepcopy(b.net)
-        net.integral.double()
-        net.grad.double()
-        return net
-    except Exception:
-        return None
+        if b.backend == "autoint_compiler":
+            import autoint_compiler as ac
+
+            net = ac.compile(b.spec, dtype=torch.float64)
+        else:
+            from . import standin
+
+            net = standin.compile(b.spec)
+            net.integral.double()
+        net.integral.load_state_dict({k: v.detach().double() for k, v in b.phi.state_dict().items()})
+        p = next(iter(net.integral.parameters()))
+        if p.dtype != torch.float64:
+            return None, f"float64 copy has dtype {p.dtype}"
+        return net, ""
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

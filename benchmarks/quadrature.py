@@ -62,11 +62,13 @@ def run(b: Bench, *, n_problems: int = 1024, ns=DEFAULT_NS, rules=RULES, warmup:
     x = make_inputs(n_problems, b.in_features, device=device, seed=seed)
     ab = make_inputs(n_problems, 2, device=device, seed=seed + 1).sort(dim=1).values  # a < b in [-1, 1]
     lower, upper = ab[:, :1].contiguous(), ab[:, 1:].contiguous()
-    net64 = double_copy(b)
-    prec_note = "errors in float64" if net64 is not None else "float64 copy failed: errors in float32"
+    net64, why = double_copy(b)
+    prec_note = "errors in float64" if net64 is not None else f"float64 copy failed ({why}): errors in float32"
     with torch.no_grad():
         if net64 is not None:
-            exact = closed_form(net64, net64.integral.to(device), x.double(), lower.double(), upper.double(), col)
+            net64.integral.to(device)
+            net64.grad.to(device)
+            exact = closed_form(net64, net64.integral, x.double(), lower.double(), upper.double(), col)
         else:
             exact = closed_form(b.net, b.phi, x, lower, upper, col).double()
         scale = exact.abs().mean().item()

@@ -81,6 +81,16 @@ def test_grad_methods_allclose_autograd(activation):
         torch.testing.assert_close(b.hand.primal(x), b.phi(x), rtol=1e-5, atol=1e-6)
 
 
+def test_quadrature_reference_is_float64_closed_form(quick_run):
+    rows = _rows(quick_run / "quadrature.csv")
+    assert rows and all(r["precision_note"] == "errors in float64" for r in rows), rows[0]["precision_note"]
+    closed = [r for r in rows if r["rule"] == "closed"]
+    assert closed and float(closed[0]["rel_err_mean"]) == 0.0
+    # Gauss-Legendre of the grad network converges to Phi(b) - Phi(a): g is Phi's exact t-derivative
+    gl = sorted((int(r["n_samples"]), float(r["rel_err_mean"])) for r in rows if r["rule"] == "gauss-legendre")
+    assert gl[-1][1] < 1e-6, gl
+
+
 def test_quadrature_rules_exact_on_polynomials():
     for rule, n, deg in (("midpoint", 16, 1), ("trapezoid", 16, 1), ("gauss-legendre", 8, 15)):
         u, w = quadrature.rule_nodes(rule, n)
