@@ -252,15 +252,18 @@ def plots(out: Path, fwd, train, quad) -> list[str]:
         fig.savefig(out / "forward_time.png", dpi=110)
         plt.close(fig)
         made.append("forward_time.png")
-        fig, axes = plt.subplots(1, len(acts), figsize=(6 * len(acts), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(acts), figsize=(6 * len(acts), 4.5), squeeze=False)
+        styles = ((M.FWD_GENERATED, "-", "o"), (M.FWD_HAND, "--", "s"), (M.FWD_HAND_FUSED, "-.", "^"),
+                  (M.FWD_AUTOGRAD, ":", "x"))
         for i, a in enumerate(acts):
             ax = axes[0][i]
-            for s in sizes:
-                for m, ls in ((M.FWD_GENERATED, "-"), (M.FWD_HAND, "--"), (M.FWD_AUTOGRAD, ":")):
+            for si, s in enumerate(sizes):
+                for m, ls, mk in styles:
                     pts = sorted((r["batch"], r["x_plain"]) for r in fwd if r["size"] == s and r["activation"] == a
                                  and r["method"] == m and _ok(r) and r.get("x_plain") not in ("", None))
                     if pts:
-                        ax.plot(*zip(*pts), ls, marker="o", label=f"{s} {m}")
+                        ax.plot(*zip(*pts), ls, marker=mk, color=f"C{si}", label=f"{s} {m}",
+                                lw=2.2 if m == M.FWD_GENERATED else 1.0)
             ax.axhline(2.3, color="k", lw=0.8)
             ax.set_xscale("log", base=2)
             ax.set_title(f"{a}: time / plain MLP forward (target line 2.3x)")
@@ -335,3 +338,31 @@ def plots(out: Path, fwd, train, quad) -> list[str]:
 def _short(m: str) -> str:
     return (m.replace("(autograd.grad create_graph=True)", "").replace(" (backward through jvp)", "")
             .replace(" (custom autograd.Function)", "").replace("torch.compile", "compile").strip())
+
+
+def _num(v):
+    if v in ("", None):
+        return v
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def replot(out: Path) -> list[str]:
+    """Re-draw the plots from the CSVs in ``out`` (``python -m benchmarks.report DIR``)."""
+    def load(name):
+        path = out / f"{name}.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+    return plots(out, load("forward"), load("train"), load("quadrature"))
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(replot(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results")))
