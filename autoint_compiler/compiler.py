@@ -201,6 +201,13 @@ class CompiledNetwork:
         from ``x`` ([N, D]). Uses Φ at the 2ⁿ corners (inclusion–exclusion)."""
         return self.integral.integrate(lower, upper, x)
 
+    def compile_pointwise(self, **options) -> "CompiledNetwork":
+        """Run the grad network's fused elementwise regions as ``torch.compile``d kernels, GEMMs eager
+        (module-wide for this spec; needs inductor, i.e. a C++ compiler on CPU). A no-op without fusion."""
+        if hasattr(self.module, "compile_pointwise"):
+            self.module.compile_pointwise(**options)
+        return self
+
     def to(self, *args, **kwargs) -> "CompiledNetwork":
         self.integral.to(*args, **kwargs)  # grad reads the same module, so it moves too
         return self

@@ -118,6 +118,9 @@ def _p(e: sp.Expr, names) -> tuple[str, int]:
     if isinstance(e, A.step):
         s = _p(e.args[0], names)[0]
         return f"({s} > 0).to({_dtype_source(e.args[0], names)}.dtype)", _PREC_ATOM
+    jvp = _jvp_template(e)
+    if jvp is not None:
+        return jvp, _PREC_ATOM
     fn = FUNCTIONS.get(type(e))
     if fn is None:
         raise CompileError(f"no PyTorch printing rule for sympy function {type(e).__name__}")
@@ -142,6 +145,16 @@ def _addcmul(e: sp.Add, names) -> str | None:
         a, b = (_p(f, names)[0] for f in factors)
         value = "" if coeff == 1 else f", value={_float(coeff)}"
         return f"torch.addcmul({_p(rest, names)[0]}, {a}, {b}{value})"
+    return None
+
+
+def _jvp_template(e) -> str | None:
+    from .torch_backend import LIBRARY_JVP  # the backend owns its kernel table
+
+    name = type(e).__name__
+    if name.endswith("_jvp") and name[:-4] in LIBRARY_JVP:
+        t, z = e.args
+        return LIBRARY_JVP[name[:-4]].format(t=str(t), x=str(z))
     return None
 
 

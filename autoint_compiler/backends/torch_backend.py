@@ -71,10 +71,41 @@ class Emitted:
     result: str = ""
 
 
+#: activations whose JVP  t * f'(x)  is one aten kernel (the kernels autograd itself uses for f)
+LIBRARY_JVP = {
+    "silu": "torch.ops.aten.silu_backward({t}, {x})",
+    "gelu": "torch.ops.aten.gelu_backward({t}, {x})",
+    "softplus": "torch.ops.aten.softplus_backward({t}, {x}, 1.0, 20.0)",
+}
+_JVP_FUNCTIONS = {name: type(f"{name}_jvp", (sp.Function,), {}) for name in LIBRARY_JVP}
+
+
+def _library_rewrites(g: IRGraph, region: fusion.Region):
+    """For the region's library activations f(z): {f(u_z): library primal code} and {f'(u_z): JVP class}."""
+    primal, jvp = {}, {}
+    sym = dict(zip(region.inputs, region.symbols))
+    for n in region.nodes:
+        if g.op(n) != "pointwise" or g.inputs_of(n)[0] not in sym:
+            continue
+        u = sym[g.inputs_of(n)[0]]
+        for name, row in A.ACTIVATIONS.items():
+            if row.library not in LIBRARY_JVP or row.params:
+                continue
+            fn = A.activation(name)
+            d = A.derivative(fn.key)
+            if g.attrs(n)["fn"] in (fn.key, d.key):
+                primal[fn.expr.subs(A.x, u)] = sympy_print.LIBRARY[row.library].format(x=u)
+                jvp[d.expr.subs(A.x, u)] = (_JVP_FUNCTIONS[row.library], u)
+    return primal, jvp
+
+
 class FusedFunctions:
-    """One ``torch.autograd.Function`` per distinct fusion-region signature: the forward prints the
-    region's outputs, the backward their sympy-derived vector-Jacobian product (inputs are saved, the
-    rest is recomputed, so a region keeps two tensors alive instead of one per op)."""
+    """One ``torch.autograd.Function`` per distinct fusion-region signature. Its forward and backward
+    bodies are plain module-level functions (the *kernels*): the forward prints the region's outputs,
+    the backward their sympy-derived vector-Jacobian product; inputs are saved and the rest recomputed,
+    so a region keeps two tensors alive instead of one per op. ``t * f'(z)`` of a library activation
+    is one aten kernel (``silu_backward``...), and ``compile_pointwise()`` in the generated module swaps
+    the kernels for ``torch.compile``d ones while the GEMMs stay eager."""
 
     def __init__(self):
         self.names: dict[tuple, str] = {}
@@ -88,34 +119,74 @@ class FusedFunctions:
             self.sources.append(self._render(name, g, region))
         return self.names[sig]
 
+    @property
+    def kernel_names(self) -> list[str]:
+        out = []
+        for name in self.names.values():
+            out += [f"{name.lower()}_forward", f"{name.lower()}_backward"]
+        return out
+
+    @staticmethod
+    def _body(exprs, names, prefix, fixed=None) -> list[str]:
+        """Lines computing ``prefix{j} = exprs[j]`` (``fixed[j]``: code given as is), sharing temporaries."""
+        fixed = fixed or {}
+        todo = [(j, e) for j, e in enumerate(exprs) if j not in fixed]
+        temps, codes = sympy_print.print_exprs([e for _, e in todo], names, "t")
+        body = temps + sorted([(f"{prefix}{j}", c) for (j, _), c in zip(todo, codes)] +
+                              [(f"{prefix}{j}", c) for j, c in fixed.items()], key=lambda p: int(p[0][len(prefix):]))
+        return ["    " + ln for n, c in body for ln in sympy_print.split_long(n, c, limit=100)]
+
     @staticmethod
     def _render(name: str, g: IRGraph, region: fusion.Region) -> list[str]:
         outs = fusion.output_exprs(g, region)
         us = region.symbols
         gs = [sp.Symbol(f"g{j}", real=True) for j in range(len(outs))]
-        grads = fusion.gradient_exprs(outs, us, gs)
+        primal, jvp = _library_rewrites(g, region)
+        grads = fusion.gradient_exprs(outs, us, gs, jvp)
         names = {u: str(u) for u in us}
         names.update({gj: str(gj) for gj in gs})
+        rows = dict(zip(us, region.rows))
+        fixed = {}
+        for j, o in enumerate(outs):
+            if o in primal:
+                fixed[j] = primal[o]
+            elif isinstance(o, sp.Mul) and len(o.args) == 2:
+                for t, d in (o.args, o.args[::-1]):
+                    if t in rows and d in jvp:
+                        cls, z = jvp[d]
+                        tt = f"{t}.expand_as({z})" if rows[t] else str(t)
+                        fixed[j] = sympy_print.to_torch(cls(sp.Symbol(tt), z), {**names, sp.Symbol(tt): tt})
+                        break
         args = ", ".join(str(u) for u in us)
+        gargs = ", ".join(str(x) for x in gs)
+        kernel = name.lower()
         summary = "; ".join(f"o{j} = {A.canonical_key(o)}" for j, o in enumerate(outs))
         doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96, break_long_words=True)
-        lines = [f"class {name}(torch.autograd.Function):", f'    """{doc[0]}']
+        outs_list = ", ".join(f"o{j}" for j in range(len(outs)))
+        lines = [f"def {kernel}_forward({args}):"]
+        lines += FusedFunctions._body(outs, names, "o", fixed)
+        lines += [f"    return {outs_list}", "", ""]
+        live = [k for k, e in enumerate(grads) if e != 0]
+        dlist = ", ".join(f"d{k}" for k in live)
+        lines += [f"def {kernel}_backward({args}, {gargs}):"]
+        body = FusedFunctions._body([grads[k] for k in live], names, "d")
+        # _body numbers its results 0..; rename to the input positions they belong to
+        for pos, k in sorted(enumerate(live), reverse=True):
+            body = [ln.replace(f"    d{pos} = ", f"    d{k} = ", 1) if ln.startswith(f"    d{pos} = ") else ln
+                    for ln in body]
+        lines += body
+        lines += [f"    return {dlist}" + ("," if len(live) == 1 else ""), "", ""]
+        lines += [f"class {name}(torch.autograd.Function):", f'    """{doc[0]}']
         lines += [f"    {d}" for d in doc[1:]]
         lines += ['    """', "", "    @staticmethod", f"    def forward(ctx, {args}):"]
         lines.append(f"        ctx.save_for_backward({args})")
-        temps, codes = sympy_print.print_exprs(outs, names, "t")
-        body = temps + [(f"o{j}", c) for j, c in enumerate(codes)]
-        lines += ["        " + ln for n, c in body for ln in sympy_print.split_long(n, c)]
-        lines.append("        return " + ", ".join(f"o{j}" for j in range(len(outs))))
-        lines += ["", "    @staticmethod", f"    def backward(ctx, {', '.join(str(x) for x in gs)}):"]
+        lines.append(f'        return KERNELS["{kernel}_forward"]({args})')
+        lines += ["", "    @staticmethod", f"    def backward(ctx, {gargs}):"]
         lines.append(f"        {args}, = ctx.saved_tensors" if len(us) == 1 else f"        {args} = ctx.saved_tensors")
-        live = [(k, e) for k, e in enumerate(grads) if e != 0]
-        temps, codes = sympy_print.print_exprs([e for _, e in live], names, "t")
-        body = temps + [(f"d{k}", c) for (k, _), c in zip(live, codes)]
-        lines += ["        " + ln for n, c in body for ln in sympy_print.split_long(n, c)]
+        lines.append(f'        {dlist}{"," if len(live) == 1 else ""} = KERNELS["{kernel}_backward"]({args}, {gargs})')
         rets = []
         for k in range(len(us)):
-            if grads[k] == 0:
+            if k not in live:
                 rets.append("None")
             elif region.rows[k]:  # a [1, width] input broadcast over the batch: its gradient sums the rows
                 rets.append(f"d{k}.sum(0, keepdim=True)")
@@ -333,6 +404,7 @@ def generate(spec, integral_ir: IRGraph, grad_ir: IRGraph, version: str, fuse: b
         integral=integral,
         grad=grad,
         fused_lines=_join_blocks(fused.sources if fused else []),
+        kernels=fused.kernel_names if fused else [],
         buffer_lines=[line for b in integral.buffers + grad.buffers for line in b.lines()],
         dtype="torch.float64" if spec.dtype == "float64" else "torch.float32",
         in_features=spec.in_features,
