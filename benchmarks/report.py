@@ -95,6 +95,10 @@ def summary(fwd: list[dict], train: list[dict], comp: list[dict]) -> list[dict]:
                     "result": "INFO", "note": dbl_c.get("status", "")})
     add("train step: generated eager >= 1.3x faster than torch.func", fn, gen, 1.3,
         note="t(torch.func jvp) / t(generated eager)")
+    gen_pw = tr(M.TR_GENERATED_PW)
+    if gen_pw is not None:
+        add("  (extra) generated, compiled pointwise regions (GEMMs eager) vs double backward", dbl, gen_pw, 1.6,
+            note="t(double backward eager) / t(generated, net.compile_pointwise())")
 
     def peak(r):
         v = r.get("peak_mb") if r is not None else None

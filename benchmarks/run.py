@@ -23,7 +23,8 @@ from . import methods as M
 
 FWD_KEYS = {"generated": M.FWD_GENERATED, "autograd": M.FWD_AUTOGRAD, "jvp": M.FWD_JVP, "jacfwd": M.FWD_JACFWD,
             "hand": M.FWD_HAND, "hand_fused": M.FWD_HAND_FUSED, "plain": M.FWD_PLAIN}
-TRAIN_KEYS = {"generated": M.TR_GENERATED, "generated_compile": M.TR_GENERATED_COMPILE, "double": M.TR_DOUBLE,
+TRAIN_KEYS = {"generated": M.TR_GENERATED, "generated_compile": M.TR_GENERATED_COMPILE,
+              "generated_pointwise": M.TR_GENERATED_PW, "double": M.TR_DOUBLE,
               "double_compile": M.TR_DOUBLE_COMPILE, "func": M.TR_FUNC, "hand": M.TR_HAND,
               "hand_compile": M.TR_HAND_COMPILE, "hand_fused": M.TR_HAND_FUSED}
 SECTIONS = ("forward", "train", "quad", "compile")
