@@ -36,6 +36,7 @@ __all__ = [
     "fit_line_integrals",
     "line_integral_mc",
     "resolve_device",
+    "device_error",
 ]
 
 
@@ -109,6 +110,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
     return dev
+
+
+def device_error(device: str | torch.device | None) -> str | None:
+    """Why ``device`` cannot be used here (for a one-line CLI error), or ``None``."""
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def _param_dtype(net: Any) -> torch.dtype:

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..train import History, LineData, TrainConfig, fit_line_integrals, resolve_device
+from ..train import History, LineData, TrainConfig, device_error, fit_line_integrals
 from . import ct_data
 from .ct_data import CTProblem, make_problem
 
@@ -588,10 +588,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        resolve_device(args.device)  # fail early, in one line
-    except (RuntimeError, ValueError) as exc:
-        print(f"autoint-compile: error: {exc}", file=sys.stderr)
+    if (error := device_error(args.device)) is not None:  # fail early, in one line
+        print(f"autoint-compile: error: {error}", file=sys.stderr)
         return 2
     s = CTSettings(
         size=args.size,

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..train import History, TrainConfig, fit_samples, resolve_device
+from ..train import History, TrainConfig, device_error, fit_samples
 from .signals1d import SIGNALS, Signal1D, get_signal
 
 __all__ = [
@@ -361,10 +361,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        resolve_device(args.device)  # fail early, in one line
-    except (RuntimeError, ValueError) as exc:
-        print(f"autoint-compile: error: {exc}", file=sys.stderr)
+    if (error := device_error(args.device)) is not None:  # fail early, in one line
+        print(f"autoint-compile: error: {error}", file=sys.stderr)
         return 2
     cfg = TrainConfig(
         steps=args.steps,
