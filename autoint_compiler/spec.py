@@ -304,13 +304,11 @@ _MESSAGES = {
     "list_type": "expected a list",
     "dict_type": "expected a mapping",
     "model_type": "expected a mapping",
-    "literal_error": "expected {expected}",
 }
-_MESSAGES["string_too_long"] = _MESSAGES["string_too_short"] = None  # handled with too_long/too_short
 
 
 def _describe(err: dict) -> tuple[str, str]:
-    loc = tuple(p for p in err["loc"] if p not in ("function-after[_widths(), list[int]]",))
+    loc = tuple(err["loc"])
     path = _path(loc)
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -333,13 +331,10 @@ def _describe(err: dict) -> tuple[str, str]:
         op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()))
         return path, f"expected a value {op} {bound}, got {got!r}"
-    if kind in ("string_too_long", "string_too_short"):
-        kind = kind.replace("string_", "")
-        return path, f"expected {_length_text(ctx, kind).replace('item(s)', 'character(s)')}, got {len(got)} characters"
+    if kind in ("string_too_long", "string_too_short"):  # strings: counted in characters
+        text = _length_text(ctx, kind.replace("string_", "")).replace("item(s)", "character(s)")
+        return path, f"expected {text}, got {len(got)} characters"
     if kind in ("too_short", "too_long"):
-        if isinstance(got, str):
-            unit = "character(s)"
-            return path, f"expected {_length_text(ctx, kind).replace('item(s)', unit)}, got {len(got)} {unit}"
         return path, f"expected {_length_text(ctx, kind)}, got {len(got) if hasattr(got, '__len__') else _short(got)}"
     if kind == "literal_error":
         return path, f"expected {ctx.get('expected')}, got {got!r}"

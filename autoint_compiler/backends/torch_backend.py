@@ -127,13 +127,13 @@ class FusedFunctions:
         return out
 
     @staticmethod
-    def _body(exprs, names, prefix, fixed=None) -> list[str]:
-        """Lines computing ``prefix{j} = exprs[j]`` (``fixed[j]``: code given as is), sharing temporaries."""
+    def _body(exprs, names, targets, fixed=None) -> list[str]:
+        """Lines computing ``targets[j] = exprs[j]`` (``fixed[j]``: code given as is), sharing temporaries."""
         fixed = fixed or {}
-        todo = [(j, e) for j, e in enumerate(exprs) if j not in fixed]
-        temps, codes = sympy_print.print_exprs([e for _, e in todo], names, "t")
-        body = temps + sorted([(f"{prefix}{j}", c) for (j, _), c in zip(todo, codes)] +
-                              [(f"{prefix}{j}", c) for j, c in fixed.items()], key=lambda p: int(p[0][len(prefix):]))
+        todo = [j for j in range(len(exprs)) if j not in fixed]
+        temps, codes = sympy_print.print_exprs([exprs[j] for j in todo], names, "t")
+        code = dict(fixed) | dict(zip(todo, codes))
+        body = temps + [(targets[j], code[j]) for j in range(len(exprs))]
         return ["    " + ln for n, c in body for ln in sympy_print.split_long(n, c, limit=100)]
 
     @staticmethod
@@ -164,17 +164,12 @@ class FusedFunctions:
         doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96, break_long_words=True)
         outs_list = ", ".join(f"o{j}" for j in range(len(outs)))
         lines = [f"def {kernel}_forward({args}):"]
-        lines += FusedFunctions._body(outs, names, "o", fixed)
+        lines += FusedFunctions._body(outs, names, [f"o{j}" for j in range(len(outs))], fixed)
         lines += [f"    return {outs_list}", "", ""]
         live = [k for k, e in enumerate(grads) if e != 0]
         dlist = ", ".join(f"d{k}" for k in live)
         lines += [f"def {kernel}_backward({args}, {gargs}):"]
-        body = FusedFunctions._body([grads[k] for k in live], names, "d")
-        # _body numbers its results 0..; rename to the input positions they belong to
-        for pos, k in sorted(enumerate(live), reverse=True):
-            body = [ln.replace(f"    d{pos} = ", f"    d{k} = ", 1) if ln.startswith(f"    d{pos} = ") else ln
-                    for ln in body]
-        lines += body
+        lines += FusedFunctions._body([grads[k] for k in live], names, [f"d{k}" for k in live])
         lines += [f"    return {dlist}" + ("," if len(live) == 1 else ""), "", ""]
         lines += [f"class {name}(torch.autograd.Function):", f'    """{doc[0]}']
         lines += [f"    {d}" for d in doc[1:]]
