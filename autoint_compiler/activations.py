@@ -1,76 +1,33 @@
-"""Pointwise functions as sympy expressions of one symbol ``x``: the activation table, the safe formula
-parser and the derivative cache.
+"""Pointwise functions as sympy expressions of one symbol ``x``: the activation table and the derivative
+cache (the formula parser is ``formula.py``, the stable primitives ``primitives.py``).
 
-Every activation is an expression in ``x`` built from sympy's own functions and a few stable primitives
-defined here (``sigmoid``, ``softplus``, ``relu``, ``step``, ``ndtr``) whose ``fdiff`` gives the
-numerically stable derivative (σ' = σ(1-σ), softplus' = σ, ...). Derivatives of any order are derived
+Every activation is an expression in ``x`` built from sympy's own functions and the stable primitives
+(``sigmoid``, ``softplus``, ``relu``, ``step``, ``ndtr``) whose ``fdiff`` gives the numerically stable
+derivative (σ' = σ(1-σ), softplus' = σ, ...). Derivatives of any order are derived
 once with ``sympy.diff`` and cached by the expression's canonical text, which is also the key the IR
 stores, so equal functions hash-cons to one node.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
-import math
 from dataclasses import dataclass, replace
 
 import sympy as sp
 
 from .errors import CompileError
-
-x = sp.Symbol("x", real=True)
-
-
-class sigmoid(sp.Function):  # noqa: N801 - sympy function names are lower case
-    """Logistic function; derivative in the stable form σ(1-σ)."""
-
-    def fdiff(self, argindex=1):
-        s = sigmoid(self.args[0])
-        return s * (1 - s)
-
-
-class softplus(sp.Function):  # noqa: N801
-    """log(1 + e^u), printed as a stable library call; derivative σ(u)."""
-
-    def fdiff(self, argindex=1):
-        return sigmoid(self.args[0])
-
-
-class step(sp.Function):  # noqa: N801
-    """Heaviside step (0 at 0); derivative 0 almost everywhere. Marks a non-smooth function."""
-
-    def fdiff(self, argindex=1):
-        return sp.Integer(0)
-
-
-class relu(sp.Function):  # noqa: N801
-    """max(u, 0); derivative step(u). Marks a kinked function."""
-
-    def fdiff(self, argindex=1):
-        return step(self.args[0])
-
-
-class ndtr(sp.Function):  # noqa: N801
-    """Standard normal CDF Φ(u); derivative exp(-u²/2)/√(2π) (finite for every u)."""
-
-    def fdiff(self, argindex=1):
-        u = self.args[0]
-        return sp.exp(-(u**2) / 2) / sp.sqrt(2 * sp.pi)
-
-
-class expm1_neg(sp.Function):  # noqa: N801
-    """exp(min(u, 0)) - 1, ELU's negative branch; derivative exp(min(u, 0))·(1 - step(u)), which is 1 at
-    u = 0 like torch's own ELU backward (so ELU with α = 1 is C¹ here too)."""
-
-    def fdiff(self, argindex=1):
-        u = self.args[0]
-        return sp.exp(-relu(-u)) * (1 - step(u))
-
-
-#: functions whose presence makes an expression non-smooth (a kink or a jump)
-KINKED = (relu, sp.Abs, expm1_neg)
-DISCONTINUOUS = (step, sp.sign)
+from .formula import FormulaError, parse_formula, stabilize  # noqa: F401 - re-exported
+from .primitives import (  # noqa: F401 - re-exported: the table is written in these
+    DISCONTINUOUS,
+    KINKED,
+    expm1_neg,
+    ndtr,
+    relu,
+    sigmoid,
+    softplus,
+    step,
+    x,
+)
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
@@ -204,185 +161,3 @@ def _fmt(v: float) -> str:
     return str(int(v)) if v == int(v) else repr(v)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The formula parser: Python's ast, whitelisted, then sympy built from the tree (never sympify/eval).
-# ---------------------------------------------------------------------------------------------------
-
-FORMULA_FUNCTIONS = {
-    "sin": sp.sin,
-    "cos": sp.cos,
-    "tan": sp.tan,
-    "exp": sp.exp,
-    "log": sp.log,
-    "sqrt": sp.sqrt,
-    "tanh": sp.tanh,
-    "sinh": sp.sinh,
-    "cosh": sp.cosh,
-    "atan": sp.atan,
-    "erf": sp.erf,
-    "abs": sp.Abs,
-    "sigmoid": sigmoid,
-    "softplus": softplus,
-    "relu": relu,
-}
-FORMULA_CONSTANTS = {"pi": sp.pi, "e": sp.E}
-MAX_FORMULA_CHARS = 400
-MAX_CONSTANT = 1e6
-MAX_EXPONENT = 64
-
-
-class FormulaError(ValueError):
-    """A formula outside the accepted language (message says what is accepted)."""
-
-
-def parse_formula(text: str) -> sp.Expr:
-    """Parse an activation formula of ``x``: numbers, ``x``, ``pi``, ``e``, ``+ - * / **``, unary
-    minus and calls of the functions in ``FORMULA_FUNCTIONS``. Anything else is refused."""
-    if not isinstance(text, str) or not text.strip():
-        raise FormulaError("expected a non-empty formula string of x")
-    if len(text) > MAX_FORMULA_CHARS:
-        raise FormulaError(f"formula longer than {MAX_FORMULA_CHARS} characters")
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise FormulaError(f"not a valid expression ({exc.msg} at column {exc.offset})") from None
-    expr = _build(tree.body)
-    if not expr.has(x):
-        raise FormulaError("formula does not use x")
-    return expr
-
-
-_BINOPS = {
-    ast.Add: lambda a, b: a + b,
-    ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: a / b,
-}
-
-
-def _build(node: ast.AST) -> sp.Expr:
-    if isinstance(node, ast.Constant):
-        v = node.value
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise FormulaError(f"only numbers are allowed as constants, not {v!r}")
-        if not math.isfinite(v) or abs(v) > MAX_CONSTANT:
-            raise FormulaError(f"constant {v!r} out of range (|c| <= {MAX_CONSTANT:g})")
-        return sp.Integer(v) if isinstance(v, int) else sp.Float(v)
-    if isinstance(node, ast.Name):
-        if node.id == "x":
-            return x
-        if node.id in FORMULA_CONSTANTS:
-            return FORMULA_CONSTANTS[node.id]
-        raise FormulaError(f"unknown name {node.id!r} (only x, pi and e)")
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        v = _build(node.operand)
-        return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.BinOp):
-        a, b = _build(node.left), _build(node.right)
-        if type(node.op) in _BINOPS:
-            return _bounded(_BINOPS[type(node.op)](a, b))
-        if isinstance(node.op, ast.Pow):
-            if b.is_number and abs(float(b)) > MAX_EXPONENT:
-                raise FormulaError(f"exponent {b} out of range (|p| <= {MAX_EXPONENT})")
-            if a.is_number and b.is_number and a != 0:
-                # bound the size of a constant power before sympy computes it exactly
-                magnitude = float(b) * math.log10(abs(float(a)))
-                if magnitude > MAX_MAGNITUDE:
-                    raise FormulaError(f"constant {a}**{b} is too large (over 1e{MAX_MAGNITUDE})")
-            return _bounded(a**b)
-        raise FormulaError(f"operator {_syntax_name(node.op)} is not allowed (only + - * / **)")
-    if isinstance(node, ast.Call):
-        known = ", ".join(sorted(FORMULA_FUNCTIONS))
-        if not isinstance(node.func, ast.Name):
-            raise FormulaError(f"only calls of a function by name are allowed, not of {_syntax_name(node.func)}")
-        if node.func.id not in FORMULA_FUNCTIONS:
-            raise FormulaError(f"function {node.func.id!r} is not allowed (allowed: {known})")
-        if node.keywords or len(node.args) != 1:
-            raise FormulaError(f"{node.func.id}() takes exactly one positional argument")
-        return FORMULA_FUNCTIONS[node.func.id](_build(node.args[0]))
-    raise FormulaError(f"{_syntax_name(node)} is not allowed in a formula")
-
-
-MAX_MAGNITUDE = 300
-_SYNTAX_NAMES = {
-    "Attribute": "attribute access (a.b)",
-    "Subscript": "indexing (a[b])",
-    "Lambda": "a lambda",
-    "IfExp": "a conditional expression (a if b else c)",
-    "JoinedStr": "an f-string",
-    "Compare": "a comparison",
-    "BoolOp": "and/or",
-    "Call": "a call's result",
-    "List": "a list",
-    "Tuple": "a tuple",
-    "Dict": "a dict",
-    "Set": "a set",
-    "ListComp": "a comprehension",
-    "GeneratorExp": "a generator",
-    "NamedExpr": "an assignment (:=)",
-    "Starred": "unpacking (*a)",
-    "Await": "await",
-    "Mod": "%",
-    "FloorDiv": "//",
-    "MatMult": "@",
-    "BitAnd": "&",
-    "BitOr": "|",
-    "BitXor": "^",
-    "LShift": "<<",
-    "RShift": ">>",
-}
-
-
-def _syntax_name(node: ast.AST) -> str:
-    name = type(node).__name__
-    return _SYNTAX_NAMES.get(name, name)
-
-
-def _bounded(value: sp.Expr) -> sp.Expr:
-    """A numeric subexpression must stay a finite float (a formula is printed as float literals)."""
-    if value.is_number:
-        try:
-            v = abs(complex(value.evalf(17)))
-        except (OverflowError, ValueError, TypeError):
-            v = math.inf
-        if not math.isfinite(v) or v > 10.0**MAX_MAGNITUDE:
-            raise FormulaError(f"constant subexpression {sp.sstr(value)[:40]} is out of range (over 1e{MAX_MAGNITUDE})")
-    return value
-
-
-def stabilize(expr: sp.Expr) -> sp.Expr:
-    """Rewrite overflow-prone patterns into stable primitives before differentiating:
-    log(1 + exp(u)) -> softplus(u), 1/(1 + exp(u)) -> sigmoid(-u), exp(u)/(1 + exp(u)) -> sigmoid(u)."""
-
-    def exp_arg_of_one_plus_exp(e):
-        if isinstance(e, sp.Add) and len(e.args) == 2 and sp.Integer(1) in e.args:
-            other = e.args[0] if e.args[1] == 1 else e.args[1]
-            if isinstance(other, sp.exp):
-                return other.args[0]
-        return None
-
-    def is_log1pexp(e):
-        return isinstance(e, sp.log) and exp_arg_of_one_plus_exp(e.args[0]) is not None
-
-    expr = expr.replace(is_log1pexp, lambda e: softplus(exp_arg_of_one_plus_exp(e.args[0])))
-
-    def is_inv1pexp(e):
-        return isinstance(e, sp.Pow) and e.exp == -1 and exp_arg_of_one_plus_exp(e.base) is not None
-
-    def is_exp_over_1pexp(e):
-        if not isinstance(e, sp.Mul):
-            return False
-        dens = [a for a in e.args if is_inv1pexp(a)]
-        return any(sp.exp(exp_arg_of_one_plus_exp(d.base)) in e.args for d in dens)
-
-    def fold_exp_over(e):
-        for d in (a for a in e.args if is_inv1pexp(a)):
-            u = exp_arg_of_one_plus_exp(d.base)
-            if sp.exp(u) in e.args:
-                rest = [a for a in e.args if a not in (d, sp.exp(u))]
-                return sp.Mul(*rest) * sigmoid(u)
-        return e
-
-    expr = expr.replace(is_exp_over_1pexp, fold_exp_over)
-    expr = expr.replace(is_inv1pexp, lambda e: sigmoid(-exp_arg_of_one_plus_exp(e.base)))
-    return expr

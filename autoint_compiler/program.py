@@ -1,0 +1,57 @@
+"""``Program``: the one object every backend consumes and every frontend produces.
+
+A frontend (the YAML spec, the torch.fx tracer) builds Φ's IR; ``make_program`` derives the grad
+network and packs both graphs with everything a backend needs to emit code: the name (a safe
+identifier), dtype, the input layout, the integration variables (repeated for higher order) and their
+columns, and a hash of the architecture. Torch-free, picklable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ir import IRGraph, format_graph
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str  # safe Python identifier: module and class prefix
+    integral: IRGraph  # Φ
+    grad: IRGraph  # ∂^k Φ / ∂t1 ... ∂tk
+    dtype: str  # "float32" | "float64"
+    inputs: tuple[tuple[str, int, int], ...]  # (name, start, stop): the columns of x
+    wrt: tuple[str, ...]  # integration variables, in derivation order (repeated for higher order)
+    seed: int | None = None
+    source: str = "<program>"  # where it came from: a spec file, "<module MyNet>", ...
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def in_features(self) -> int:
+        return max((stop for _, _, stop in self.inputs), default=0)
+
+    @property
+    def out_features(self) -> int:
+        (o,) = self.integral.graph["outputs"]
+        return self.integral.width(o)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The distinct integration variables, in first-appearance order."""
+        return tuple(dict.fromkeys(self.wrt))
+
+    @property
+    def orders(self) -> dict[str, int]:
+        return {v: self.wrt.count(v) for v in self.variables}
+
+    @property
+    def integration_columns(self) -> tuple[int, ...]:
+        cols = {name: start for name, start, _ in self.inputs}
+        return tuple(cols[v] for v in self.variables)
+
+    @property
+    def hash(self) -> str:
+        """Architecture hash: the IR text of Φ and the variables (dtype, seed and backend excluded)."""
+        text = format_graph(self.integral) + "\nwrt=" + ",".join(self.wrt)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
