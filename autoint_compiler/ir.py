@@ -442,3 +442,11 @@ def to_dot(g: IRGraph) -> str:
             lines.append(f'  n{i} -> n{nid} [label="{port}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def pointwise_expr(g: IRGraph, nid: int):
+    """The sympy expression (of ``primitives.x``) that a ``pointwise`` node applies elementwise.
+    Backends read pointwise meaning only through this function."""
+    from .activations import lookup
+
+    return lookup(g.attrs(nid)["fn"]).expr
