@@ -3,15 +3,15 @@ cache (the formula parser is ``formula.py``, the stable primitives ``primitives.
 
 Every activation is an expression in ``x`` built from sympy's own functions and the stable primitives
 (``sigmoid``, ``softplus``, ``relu``, ``step``, ``ndtr``) whose ``fdiff`` gives the numerically stable
-derivative (σ' = σ(1-σ), softplus' = σ, ...). Derivatives of any order are derived
-once with ``sympy.diff`` and cached by the expression's canonical text, which is also the key the IR
-stores, so equal functions hash-cons to one node.
+derivative (σ' = σ(1-σ), softplus' = σ, ...). A ``PointwiseFn`` is a value (equal expressions are
+equal functions, whatever their label); IR nodes hold it directly. Derivatives are derived once per
+expression with ``sympy.diff`` (a pure, memoised function).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import sympy as sp
 
@@ -81,14 +81,20 @@ ACTIVATIONS: dict[str, ActivationDef] = {
 
 @dataclass(frozen=True)
 class PointwiseFn:
-    """A pointwise function: ``key`` (canonical sympy text, used for hash-consing), ``expr`` and a
-    human label (``swish``, ``swish'``, ``sine(w0=30)''``...). ``library`` is a fused-primal hint."""
+    """A pointwise function as a value: its sympy expression in ``x`` (what it *is*: equality and
+    hashing use only ``expr``, so swish, silu and ``x/(1+exp(-x))`` are one function), a human label
+    (``swish``, ``swish'``, ``sine(w0=30)''``...) and an optional fused-library hint for backends.
+    IR nodes hold these directly: a graph carries its own meaning and pickles without any registry."""
 
-    key: str
     expr: sp.Expr
-    label: str
-    library: str | None = None
-    library_args: tuple[float, ...] = ()
+    label: str = field(compare=False)
+    library: str | None = field(default=None, compare=False)
+    library_args: tuple[float, ...] = field(default=(), compare=False)
+
+    @property
+    def key(self) -> str:
+        """Canonical text of the expression (deterministic; used in printed IR and sorting)."""
+        return canonical_key(self.expr)
 
     @property
     def smooth(self) -> bool:
@@ -99,40 +105,30 @@ class PointwiseFn:
         return not self.expr.has(*DISCONTINUOUS)
 
 
-_REGISTRY: dict[str, PointwiseFn] = {}
-
-
 def canonical_key(expr: sp.Expr) -> str:
     return sp.sstr(expr, order="lex")
 
 
-def register(expr: sp.Expr, label: str, library: str | None = None, library_args=()) -> PointwiseFn:
-    key = canonical_key(expr)
-    fn = _REGISTRY.get(key)
-    if fn is None:
-        fn = PointwiseFn(key, expr, label, library, tuple(library_args))
-        _REGISTRY[key] = fn
-    return fn
-
-
-def lookup(key: str) -> PointwiseFn:
-    try:
-        return _REGISTRY[key]
-    except KeyError:
-        raise CompileError(f"unknown pointwise function {key!r}: it was never registered") from None
-
-
-@functools.lru_cache(maxsize=None)
-def derivative(key: str) -> PointwiseFn | None:
-    """The derivative of a registered pointwise function, derived once with sympy and registered;
-    ``None`` where it is identically zero (relu'' = step' = 0 almost everywhere)."""
-    fn = lookup(key)
+@functools.lru_cache(maxsize=4096)
+def _derivative_expr(expr: sp.Expr) -> sp.Expr:
     # Dirac deltas (from sign' or Heaviside') are zero almost everywhere: the derivative of a kinked
     # function is taken pointwise, and the compile report flags the function as not smooth
-    d = sp.diff(fn.expr, x).replace(sp.DiracDelta, lambda *args: sp.Integer(0))
+    return sp.diff(expr, x).replace(sp.DiracDelta, lambda *args: sp.Integer(0))
+
+
+def derivative(fn: PointwiseFn) -> PointwiseFn | None:
+    """f' as a pointwise function labelled ``label'``; ``None`` where it is identically zero
+    (relu'' = step' = 0 almost everywhere). Pure: derived once per expression by sympy, memoised."""
+    d = _derivative_expr(fn.expr)
     if d == 0:
         return None
-    return register(d, fn.label + "'")
+    return PointwiseFn(d, fn.label + "'")
+
+
+@functools.lru_cache(maxsize=1)
+def _library_of_expr() -> dict[sp.Expr, str]:
+    """Expressions of the parameter-free library activations -> their fused-library name."""
+    return {row.build(): row.library for row in ACTIVATIONS.values() if row.library and not row.params}
 
 
 def activation(name: str, **params) -> PointwiseFn:
@@ -144,17 +140,14 @@ def activation(name: str, **params) -> PointwiseFn:
     values = {p: float(params.get(p, default)) for p, default in row.params}
     expr = row.build(**values)
     label = name if not values else f"{name}({', '.join(f'{k}={_fmt(v)}' for k, v in values.items())})"
-    fn = register(expr, label, row.library, tuple(values.values()))
-    # aliases (swish/silu) share the registry entry but keep the name the spec used
-    return fn if fn.label == label else replace(fn, label=label)
+    return PointwiseFn(expr, label, row.library, tuple(values.values()))
 
 
 def formula(text: str) -> PointwiseFn:
-    """A user activation from a formula string (parsed by the whitelisting parser below)."""
+    """A user activation from a formula string (parsed by the whitelisting parser in ``formula.py``).
+    A formula equal to a library activation (``x/(1+exp(-x))`` is swish) keeps the library hint."""
     expr = stabilize(parse_formula(text))
-    label = f"formula[{canonical_key(expr)}]"
-    fn = register(expr, label)
-    return fn if fn.label == label else replace(fn, label=label)
+    return PointwiseFn(expr, f"formula[{canonical_key(expr)}]", _library_of_expr().get(expr))
 
 
 def _fmt(v: float) -> str:

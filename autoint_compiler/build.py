@@ -11,6 +11,7 @@ import networkx as nx
 from . import activations
 from .errors import CompileError
 from .ir import Builder, IRGraph, ParamInfo
+from .passes import dce
 from .spec import FormulaActivation, NetworkSpec, node_attrs
 
 
@@ -53,7 +54,7 @@ def _new_graph(spec: NetworkSpec) -> tuple[IRGraph, Builder, dict[str, int]]:
 
 
 def build_integral(spec: NetworkSpec) -> IRGraph:
-    g = _build_mlp(spec) if spec.mlp is not None else _build_graph(spec)
+    g = dce(_build_mlp(spec) if spec.mlp is not None else _build_graph(spec))  # folded constants leave dead nodes
     g.lint()
     return g
 
@@ -69,6 +70,8 @@ def _build_mlp(spec: NetworkSpec) -> IRGraph:
         else:
             features.append(inputs[name])
     encoded = b.concat(features)
+    if enc is not None:
+        b.name(encoded, "enc")
     acts = mlp.activation if isinstance(mlp.activation, list) else [mlp.activation] * len(mlp.hidden)
     h = encoded
     for i, (width, act) in enumerate(zip(mlp.hidden, acts)):
@@ -78,7 +81,8 @@ def _build_mlp(spec: NetworkSpec) -> IRGraph:
         w0 = getattr(act, "w0", None) or (30.0 if getattr(act, "name", None) == "sine" else None)
         _declare(g, f"layer{i}", width, g.width(h), mlp.bias, spec.init, first=(i == 0), w0=w0)
         z = b.linear(h, f"layer{i}")
-        h = b.pointwise(z, fn.key, fn.label)
+        b.name(z, f"z{i}")
+        h = b.name(b.pointwise(z, fn), f"h{i}")
     last_w0 = getattr(acts[-1], "w0", None) or (30.0 if getattr(acts[-1], "name", None) == "sine" else None)
     _declare(g, "out", spec.output, g.width(h), mlp.bias, spec.init, first=False, w0=last_w0)
     g.graph["outputs"] = [b.linear(h, "out")]
@@ -104,6 +108,7 @@ def _build_graph(spec: NetworkSpec) -> IRGraph:
         ins = [env[r] for r in node.inputs]
         try:
             env[name] = last = _lower(g, b, spec, node.name, node.op, ins, a, first_linear, sine_w0)
+            b.name(last, node.name)
         except CompileError as exc:
             raise CompileError(f"graph node {node.name!r} (op {node.op}): {exc}") from None
     g.graph["outputs"] = [env[spec.graph[-1].name] if last is not None else last]
@@ -173,4 +178,4 @@ def _lower(g, b: Builder, spec, name, op, ins, a, first_linear, sine_w0) -> int:
         fn = activations.formula(a["formula"])
     else:
         fn = activations.activation(op, **a)
-    return b.pointwise(x, fn.key, fn.label)
+    return b.pointwise(x, fn)

@@ -131,16 +131,15 @@ def cmd_inspect(args) -> int:
 
 def cmd_rules(args) -> int:
     from . import activations as A
-    from .ir import OPS
-    from .rules import RULES
+    from .ops import OPS
 
-    print("IR ops and their forward-mode rules:")
+    print("IR ops and their forward-mode rules (ops.py):")
     for op in sorted(OPS):
-        print(f"  {op:10s} {OPS[op].doc}  [rule: {RULES[op].__name__.lstrip('_')}]")
+        print(f"  {op:10s} {OPS[op].doc}  [rule: {OPS[op].jvp.__name__.lstrip('_')}]")
     print("\nActivations (derived once with sympy):")
     for name in sorted(A.ACTIVATIONS):
         fn = A.activation(name)
-        d = A.derivative(fn.key)
+        d = A.derivative(fn)
         smooth = "" if d.smooth else "   (not smooth)"
         print(f"  {name:16s} f = {fn.key}\n  {'':16s} f' = {d.key}{smooth}")
     return 0

@@ -1,26 +1,31 @@
-"""The pipeline: spec -> IR -> grad IR -> source -> loaded modules.
+"""The pipeline: frontend -> Program (Φ IR + derived grad IR) -> backend source -> loaded modules.
 
-``compile_source`` stays on the torch-free side (text in, text out); ``compile`` loads the generated
-module with importlib and instantiates the two networks with shared parameters.
+``compile_source`` stays on the torch-free side (text in, text out) and knows no backend in
+particular (``backends.get_backend``); ``compile`` executes the generated source (the verified text
+itself, never a file from a cache) and instantiates the two networks with shared parameters.
+``compile_module`` (the torch.fx frontend) lives in ``frontends/fx.py`` and meets this pipeline at
+``Program``.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
-import importlib.util
+import linecache
 import os
 import sys
 import tempfile
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from . import activations as A
+from .backends import get_backend
 from .build import build_integral
-from .derive import derive
 from .errors import CompileError
 from .ir import IRGraph, format_graph
+from .program import Program, make_program
 from .spec import NetworkSpec, load_spec
 
 
@@ -28,15 +33,22 @@ from .spec import NetworkSpec, load_spec
 class CompiledSource:
     """Everything the compiler produces before torch is involved."""
 
-    spec: NetworkSpec
-    integral_ir: IRGraph
-    grad_ir: IRGraph
+    program: Program
     source: str
     report: dict[str, Any]
+    spec: NetworkSpec | None = None  # the YAML frontend's validated spec (None for other frontends)
 
     @property
     def name(self) -> str:
-        return self.spec.ident
+        return self.program.name
+
+    @property
+    def integral_ir(self) -> IRGraph:
+        return self.program.integral
+
+    @property
+    def grad_ir(self) -> IRGraph:
+        return self.program.grad
 
     def files(self) -> dict[str, str]:
         """File name -> text, as ``autoint-compile`` writes them."""
@@ -47,31 +59,54 @@ class CompiledSource:
         }
 
 
+def program_from_spec(spec: Any) -> tuple[Program, NetworkSpec]:
+    """The YAML frontend: spec (path, YAML text, dict) -> Program."""
+    spec = load_spec(spec)
+    program = make_program(
+        build_integral(spec),
+        name=spec.ident,
+        dtype=spec.dtype,
+        wrt=spec.integrate,
+        seed=spec.seed,
+        source=str(spec.source) if getattr(spec, "source", None) else "<spec>",
+    )
+    return program, spec
+
+
+def generate_source(program: Program, backend: str = "torch", **options) -> CompiledSource:
+    """A Program -> the backend's module source, checked to be valid Python."""
+    source = get_backend(backend).generate(program, version=__version__, **options)
+    try:
+        builtins.compile(source, f"<generated {program.name}>", "exec")
+    except SyntaxError as exc:  # a backend bug, never the user's: say where
+        raise CompileError(
+            f"{backend} backend produced invalid Python for {program.name!r} at line "
+            f"{exc.lineno}: {exc.msg}: {(exc.text or '').strip()[:80]}"
+        ) from None
+    return CompiledSource(program, source, _report(program.integral, program.grad))
+
+
 def compile_source(spec: Any, backend: str | None = None, *, fuse: bool = True) -> CompiledSource:
     """Spec (path, YAML text, dict) -> graphs and generated module source.
 
     ``fuse`` turns the grad network's elementwise regions into fused autograd Functions with
     sympy-derived backwards (fewer kernels and saved tensors); ``False`` emits one op per node."""
-    spec = load_spec(spec)
+    program, spec = program_from_spec(spec)
     backend = backend or spec.backend
-    if backend == "triton":
-        raise CompileError("backend 'triton': the Triton backend is not available in this version (use 'torch')")
-    if backend != "torch":
-        raise CompileError(f"unknown backend {backend!r} (expected 'torch' or 'triton')")
-    integral = build_integral(spec)
-    grad = derive(integral, list(spec.integrate))
-    grad.lint()
-    from .backends.torch_backend import generate  # noqa: PLC0415 - keeps import order light
-
-    source = generate(spec, integral, grad, __version__, fuse=fuse)
-    return CompiledSource(spec, integral, grad, source, _report(integral, grad))
+    options = {"fuse": fuse} if backend == "torch" else {}
+    cs = generate_source(program, backend, **options)
+    return CompiledSource(cs.program, cs.source, cs.report, spec)
 
 
 def _report(integral: IRGraph, grad: IRGraph) -> dict[str, Any]:
     # the grad network is derived from every pointwise function of Phi: a kink in Phi's activations is a
     # kink or a jump (or, pruned away, a Dirac delta) in the grad network
-    fns = [(g.attrs(n)["label"], A.lookup(g.attrs(n)["fn"])) for g in (integral, grad) for n in g.order()
-           if g.op(n) == "pointwise"]
+    fns = [
+        (g.attrs(n)["fn"].label, g.attrs(n)["fn"])
+        for g in (integral, grad)
+        for n in g.order()
+        if g.op(n) == "pointwise"
+    ]
     nonsmooth = sorted({label for label, f in fns if not f.smooth})
     discontinuous = sorted({label for label, f in fns if not f.continuous})
     params = sum(p.out * p.inp + (p.out if p.bias else 0) for p in integral.graph["params"].values())
@@ -105,14 +140,6 @@ def format_report(cs: CompiledSource) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("AUTOINT_CACHE_DIR")
-    if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "autoint_compiler"
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,20 +157,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def load_module(name: str, source: str):
-    """Import generated source as a module (written to the cache so tracebacks show its lines)."""
+    """Execute generated source as a module named ``autoint_generated.<name>_<digest>``.
+
+    The text itself is compiled and run (no file is imported, so no stale or forged ``.pyc`` can
+    stand in for it, and no cache folder is needed); ``linecache`` holds the text so tracebacks and
+    ``inspect`` show its lines."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     modname = f"autoint_generated.{name}_{digest}"
     if modname in sys.modules:
         return sys.modules[modname]
-    path = cache_dir() / f"{name}_{digest}.py"
-    if not path.is_file() or path.read_text(encoding="utf-8") != source:
-        atomic_write_text(path, source)
-    spec = importlib.util.spec_from_file_location(modname, path)
-    module = importlib.util.module_from_spec(spec)
+    filename = f"<autoint_generated/{name}_{digest}.py>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(modname)
+    module.__file__ = filename
     sys.modules.setdefault("autoint_generated", _namespace())
     sys.modules[modname] = module
     try:
-        spec.loader.exec_module(module)
+        exec(builtins.compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated text
     except BaseException:
         del sys.modules[modname]
         raise
@@ -151,8 +181,6 @@ def load_module(name: str, source: str):
 
 
 def _namespace():
-    import types
-
     mod = types.ModuleType("autoint_generated")
     mod.__path__ = []  # a package, so 'autoint_generated.x' names resolve for pickle
     return mod
@@ -169,32 +197,40 @@ class CompiledNetwork:
 
     integral: Any
     grad: Any
-    spec: NetworkSpec
-    integral_ir: IRGraph
-    grad_ir: IRGraph
+    program: Program
     source: str
     module: Any
     report: dict[str, Any] = field(default_factory=dict)
+    spec: NetworkSpec | None = None  # None for a traced nn.Module
+    backend: str = "torch"
 
     @property
     def name(self) -> str:
-        return self.spec.ident
+        return self.program.name
 
     @property
     def spec_hash(self) -> str:
-        return self.spec.hash
+        return self.program.hash
+
+    @property
+    def integral_ir(self) -> IRGraph:
+        return self.program.integral
+
+    @property
+    def grad_ir(self) -> IRGraph:
+        return self.program.grad
 
     @property
     def in_features(self) -> int:
-        return self.spec.in_features
+        return self.program.in_features
 
     @property
     def out_features(self) -> int:
-        return self.module.OUT_FEATURES
+        return self.program.out_features
 
     @property
     def integration_columns(self) -> list[int]:
-        return list(self.spec.integration_columns)
+        return list(self.program.integration_columns)
 
     def integrate(self, lower, upper, x=None):
         """∫ over the integration variables from ``lower`` to ``upper`` ([N, n_vars]); other inputs
@@ -209,7 +245,8 @@ class CompiledNetwork:
         return self
 
     def to(self, *args, **kwargs) -> "CompiledNetwork":
-        self.integral.to(*args, **kwargs)  # grad reads the same module, so it moves too
+        self.integral.to(*args, **kwargs)  # grad's parameters are the same tensors: they move too
+        self.grad.to(*args, **kwargs)  # and its own constants
         return self
 
     def parameters(self):
@@ -218,23 +255,15 @@ class CompiledNetwork:
     def __repr__(self) -> str:
         return (
             f"CompiledNetwork({self.name!r}, in_features={self.in_features}, out_features={self.out_features}, "
-            f"integrate={list(self.spec.integrate)}, grad_nodes={self.grad_ir.number_of_nodes()})"
+            f"integrate={list(self.program.wrt)}, grad_nodes={self.grad_ir.number_of_nodes()})"
         )
 
 
-def compile(  # noqa: A001 - the package's verb
-    spec: Any, backend: str | None = None, *, seed: int | None = None, dtype=None, device=None, fuse: bool = True
-):
-    """Compile a spec (path, YAML string or dict) into a ``CompiledNetwork``.
-
-    ``seed`` (default: the spec's ``seed``) makes the initial weights reproducible; ``dtype`` and
-    ``device`` default to the spec's dtype and the CPU; ``fuse`` see ``compile_source``.
-    """
+def instantiate(cs: CompiledSource, backend: str, *, seed=None, dtype=None, device=None) -> CompiledNetwork:
+    """Load a compiled source and build the two networks (seeded init, shared parameters)."""
     import torch
 
-    cs = compile_source(spec, backend, fuse=fuse)
     module = load_module(cs.name, cs.source)
-    seed = cs.spec.seed if seed is None else seed
     kw = {"device": device}
     if dtype is not None:
         kw["dtype"] = dtype
@@ -245,4 +274,17 @@ def compile(  # noqa: A001 - the package's verb
     else:
         integral = module.IntegralNet(**kw)
     grad = module.GradNet.from_integral(integral)
-    return CompiledNetwork(integral, grad, cs.spec, cs.integral_ir, cs.grad_ir, cs.source, module, cs.report)
+    return CompiledNetwork(integral, grad, cs.program, cs.source, module, cs.report, cs.spec, backend)
+
+
+def compile(  # noqa: A001 - the package's verb
+    spec: Any, backend: str | None = None, *, seed: int | None = None, dtype=None, device=None, fuse: bool = True
+):
+    """Compile a spec (path, YAML string or dict) into a ``CompiledNetwork``.
+
+    ``seed`` (default: the spec's ``seed``) makes the initial weights reproducible; ``dtype`` and
+    ``device`` default to the spec's dtype and the CPU; ``fuse`` see ``compile_source``.
+    """
+    cs = compile_source(spec, backend, fuse=fuse)
+    seed = cs.spec.seed if seed is None else seed
+    return instantiate(cs, backend or cs.spec.backend, seed=seed, dtype=dtype, device=device)

@@ -1,17 +1,18 @@
-"""IR -> grad IR: forward-mode differentiation of a whole graph along one input variable.
+"""IR -> grad IR: forward-mode differentiation of a whole graph along input variables.
 
-``derive(g, [t1, t2])`` is ∂ⁿΦ/∂t1…∂tn: the graph is derived along t1, the result along t2, and so
-on. Each pass keeps the primal nodes (the tangents refer to them: shared, not duplicated), adds one
-tangent node per node whose tangent is not identically zero, and makes the tangents of the outputs
-the new outputs; dead code is then dropped.
+``derive(g, [t1, t2])`` is ∂²Φ/∂t1∂t2 and ``derive(g, [t, t])`` is ∂²Φ/∂t²: the graph is derived along
+t1, the result along t2, and so on. Each pass keeps the primal nodes (the tangents refer to them:
+shared, not duplicated), adds one tangent node per node whose tangent is not identically zero, and
+makes the tangents of the outputs the new outputs; dead code is then dropped. Pure: the input graph
+is not changed.
 """
 
 from __future__ import annotations
 
 from .errors import CompileError
 from .ir import Builder, IRGraph
+from .ops import rule_for
 from .passes import dce, rebuild
-from .rules import rule_for
 
 
 def derive_once(g: IRGraph, var: str) -> IRGraph:
@@ -39,15 +40,24 @@ def derive_once(g: IRGraph, var: str) -> IRGraph:
     base = g.graph.get("base_name", g.graph.get("name", "graph"))
     out.graph["base_name"] = base
     out.graph["name"] = f"{base}.grad"
-    out.graph["title"] = "d" + ("^%d" % len(wrt) if len(wrt) > 1 else "") + " Phi / " + " ".join(f"d{v}" for v in wrt)
+    out.graph["title"] = title(wrt)
     return dce(out)
 
 
+def title(wrt: list[str]) -> str:
+    """``d Phi / dt``, ``d^2 Phi / dt dy``, ``d^3 Phi / dt^2 dy``."""
+    counts: dict[str, int] = {}
+    for v in wrt:
+        counts[v] = counts.get(v, 0) + 1
+    den = " ".join(f"d{v}" + (f"^{k}" if k > 1 else "") for v, k in counts.items())
+    return "d" + (f"^{len(wrt)}" if len(wrt) > 1 else "") + " Phi / " + den
+
+
 def derive(g: IRGraph, wrt: list[str]) -> IRGraph:
+    """∂^k Φ / ∂wrt[0] ... ∂wrt[k-1]: a variable listed twice is differentiated twice."""
+    wrt = list(wrt)
     if not wrt:
         raise CompileError("derive needs at least one integration variable")
-    if len(set(wrt)) != len(wrt):
-        raise CompileError(f"integration variables repeat: {wrt}")
     for var in wrt:
         g = derive_once(g, var)
     return g

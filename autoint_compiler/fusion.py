@@ -18,12 +18,13 @@ from functools import cached_property
 import networkx as nx
 import sympy as sp
 
-from . import activations as A
 from .ir import IRGraph
+from .ops import ELEMENTWISE as _ELEMENTWISE_OPS
+from .ops import OPS
 
 #: ops a region may absorb beyond its seed group (pointwise nodes only seed regions, so that every
 #: pointwise group is either wholly inside one region or wholly outside)
-ELEMENTWISE = {"mul", "add", "sub", "neg", "scale"}
+ELEMENTWISE = _ELEMENTWISE_OPS - {"pointwise"}
 
 
 @dataclass(frozen=True)
@@ -46,19 +47,8 @@ def _symbolic(g: IRGraph, nodes, inputs) -> dict[int, sp.Expr]:
         return exprs[i] if i in exprs else syms[i]
 
     for nid in nodes:
-        op, a, ins = g.op(nid), g.attrs(nid), g.inputs_of(nid)
-        if op == "pointwise":
-            exprs[nid] = A.lookup(a["fn"]).expr.subs(A.x, val(ins[0]))
-        elif op == "mul":
-            exprs[nid] = val(ins[0]) * val(ins[1])
-        elif op == "add":
-            exprs[nid] = val(ins[0]) + val(ins[1])
-        elif op == "sub":
-            exprs[nid] = val(ins[0]) - val(ins[1])
-        elif op == "neg":
-            exprs[nid] = -val(ins[0])
-        elif op == "scale":
-            exprs[nid] = sp.Float(a["value"]) * val(ins[0])
+        opdef = OPS[g.op(nid)]
+        exprs[nid] = opdef.elementwise([val(i) for i in g.inputs_of(nid)], g.attrs(nid))
     return exprs
 
 

@@ -55,3 +55,24 @@ class Program:
         """Architecture hash: the IR text of Φ and the variables (dtype, seed and backend excluded)."""
         text = format_graph(self.integral) + "\nwrt=" + ",".join(self.wrt)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_program(
+    integral: IRGraph,
+    *,
+    name: str,
+    dtype: str,
+    wrt,
+    seed: int | None = None,
+    source: str = "<program>",
+    meta: dict | None = None,
+) -> Program:
+    """Φ's IR (from any frontend) -> a linted ``Program`` with its derived grad network."""
+    from .derive import derive
+
+    integral.lint()
+    wrt = tuple(wrt)
+    grad = derive(integral, list(wrt))
+    grad.lint()
+    inputs = tuple((n, a, b) for n, (a, b) in integral.graph["inputs"].items())
+    return Program(name, integral, grad, dtype, inputs, wrt, seed, source, dict(meta or {}))

@@ -84,7 +84,7 @@ def test_lint_reports_actionable_problems():
         g.lint()
     text = str(err.value)
     assert f"%{n} (neg): width 7 but its inputs give 1" in text
-    assert "%99 (frobnicate): unknown op; add it to ir.OPS and a rule to rules.RULES" in text
+    assert "%99 (frobnicate): unknown op; define it in ops.py (defop + defjvp)" in text
 
 
 def test_linear_lint_checks_parameter_shapes():

@@ -1,9 +1,15 @@
-"""The PyTorch backend: IR graphs -> one readable Python module (jinja2 template) holding
-``IntegralNet`` (owns every parameter and constant) and ``GradNet`` (reads them through
-``self.integral``), so the two always share tensors. Source text only: no torch import here.
+"""The PyTorch backend: a ``Program`` -> one readable Python module (jinja2 template) holding
+``IntegralNet`` (owns every parameter) and ``GradNet``, which registers exactly the parameter tensors
+it reads (the same ``nn.Parameter`` objects: shared, and nothing unused for DDP to wait on). Source
+text only: no torch import here.
 
-Emission is one statement per IR node, in schedule order, with three refinements:
+Emission is one statement per IR node, in schedule order, looked up in ``LOWER`` (one row per op),
+with these refinements:
 - views (input columns, slices, weight columns) are inlined where used, not assigned;
+- expressions are ``Code`` values that know their precedence, so parentheses come from structure;
+- variables take the frontend's node names where they are safe, from a namespace that never shadows
+  ``x``, ``self``, ``torch`` or ``F``;
+- constants are deduplicated by value; a uniform constant is a literal, not a buffer;
 - pointwise nodes of the same input are printed together, sharing subexpressions (``sympy.cse``),
   so ``swish(z)`` and ``swish'(z)`` compute ``sigmoid(z)`` once;
 - a row that is the same for every sample (``[1, width]``) stays a row and broadcasts.
@@ -11,6 +17,8 @@ Emission is one statement per IR node, in schedule order, with three refinements
 
 from __future__ import annotations
 
+import builtins
+import keyword
 import math
 import textwrap
 from collections import defaultdict
@@ -22,6 +30,7 @@ from .. import activations as A
 from .. import fusion
 from ..errors import CompileError
 from ..ir import IRGraph
+from ..names import is_identifier
 from ..templating import render
 from . import sympy_print
 
@@ -92,8 +101,8 @@ def _library_rewrites(g: IRGraph, region: fusion.Region):
             if row.library not in LIBRARY_JVP or row.params:
                 continue
             fn = A.activation(name)
-            d = A.derivative(fn.key)
-            if g.attrs(n)["fn"] in (fn.key, d.key):
+            d = A.derivative(fn)
+            if g.attrs(n)["fn"] in (fn, d):
                 primal[fn.expr.subs(A.x, u)] = sympy_print.LIBRARY[row.library].format(x=u)
                 jvp[d.expr.subs(A.x, u)] = (_JVP_FUNCTIONS[row.library], u)
     return primal, jvp
@@ -195,129 +204,166 @@ class FusedFunctions:
         return lines
 
 
+# ---------------------------------------------------------------------------------------------------
+# Expressions, names and constants
+# ---------------------------------------------------------------------------------------------------
+
+ADD, MUL, NEG, POW, ATOM = 1, 2, 3, 4, 5
+
+
+@dataclass(frozen=True)
+class Code:
+    """A Python expression and its precedence (ATOM: a name, call, attribute or subscript)."""
+
+    text: str
+    prec: int = ATOM
+
+    def at(self, prec: int) -> str:
+        """The text, parenthesised if it binds looser than ``prec``."""
+        return self.text if self.prec >= prec else f"({self.text})"
+
+
+#: names generated code uses itself; a node name equal to one of these gets a suffix
+RESERVED = (
+    frozenset({"x", "self", "torch", "F", "nn", "itertools", "KERNELS", "m"})
+    | frozenset(dir(builtins))
+    | frozenset(keyword.kwlist)
+)
+
+
+class Namespace:
+    """Variable names for one function body: frontend names where safe, else ``v<id>``; never twice."""
+
+    def __init__(self):
+        self.used: set[str] = set(RESERVED)
+
+    def fresh(self, hint: str | None, nid: int) -> str:
+        base = hint if hint and is_identifier(hint) and len(hint) <= 40 else f"v{nid}"
+        name, k = base, 1
+        while name in self.used or name.startswith("_"):
+            name = f"{base}_{k}" if not base.startswith("_") else f"v{nid}_{k}"
+            k += 1
+        self.used.add(name)
+        return name
+
+
+class ConstantPool:
+    """Constant rows deduplicated by value across both networks: one buffer per distinct value."""
+
+    def __init__(self):
+        self.names: dict[tuple[float, ...], str] = {}
+
+    def name(self, values: tuple[float, ...]) -> str:
+        if values not in self.names:
+            self.names[values] = f"c{len(self.names)}"
+        return self.names[values]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The emitter: one LOWER row per op
+# ---------------------------------------------------------------------------------------------------
+
+
 class _Emitter:
-    def __init__(self, g: IRGraph, tag: str, owner: str, fused: FusedFunctions | None = None):
+    def __init__(self, g: IRGraph, pool: ConstantPool, fused: FusedFunctions | None = None):
         self.g = g
         self.fused = fused
-        self.tag = tag  # buffer name prefix, distinct per graph
-        self.owner = owner  # expression for the module holding parameters and buffers
+        self.pool = pool
         self.out = Emitted()
-        self.inline: dict[int, str] = {}
-        self.var: dict[int, str] = {}
+        self.code: dict[int, Code] = {}
+        self.ns = Namespace()
         self.done: set[int] = set()
+        self.params_used: set[str] = set()
+        self.buffers_used: dict[str, tuple[float, ...]] = {}
+        self.total = sum(b - s for s, b in g.graph["inputs"].values())
         self.groups: dict[int, list[int]] = defaultdict(list)
         for nid in g.order():
             if g.op(nid) == "pointwise":
                 self.groups[g.inputs_of(nid)[0]].append(nid)
+        self.regions = fusion.find_regions(g) if fused is not None else []
+        region_inputs = {i for r in self.regions for i in r.inputs}  # autograd.Function args: tensors
+        self.literal_ok = {
+            n for n in g.order() if g.op(n) == "constant" and n not in region_inputs and self._literal_consts(n)
+        }
 
     # -- references ---------------------------------------------------------------------------------
-    def ref(self, nid: int) -> str:
-        if nid in self.inline:
-            return self.inline[nid]
-        return self.var[nid]
+    def ref(self, nid: int) -> Code:
+        try:
+            return self.code[nid]
+        except KeyError:
+            raise CompileError(f"torch backend: %{nid} ({self.g.op(nid)}) is read before it is computed") from None
 
-    def batched_ref(self, nid: int) -> str:
+    def batched_ref(self, nid: int) -> Code:
         """A reference with N rows (rows that are the same for all samples are expanded, a view)."""
         r = self.ref(nid)
-        return r if self.g.nodes[nid]["batched"] else f"{self._atom(r)}.expand(x.shape[0], -1)"
+        return r if self.g.nodes[nid]["batched"] else Code(f"{r.at(ATOM)}.expand(x.shape[0], -1)")
 
-    @staticmethod
-    def _atom(r: str) -> str:
-        return r if r.replace("_", "").replace(".", "").isalnum() or r.endswith(")") or r.endswith("]") else f"({r})"
+    def param(self, name: str, part: str) -> str:
+        self.params_used.add(f"{name}_{part}")
+        return f"self.{name}_{part}"
 
-    def buffer(self, nid: int, values) -> str:
-        name = f"{self.tag}{nid}"
-        self.out.buffers.append(Buffer(name, tuple(values)))
-        return f"{self.owner}.{name}"
-
-    def assign(self, nid: int, code: str, comment: str = "") -> None:
-        name = f"v{nid}"
-        self.var[nid] = name
-        lines = sympy_print.split_long(name, code)
+    def assign(self, nid: int, code: Code, comment: str = "") -> None:
+        name = self.ns.fresh(self.g.graph.get("names", {}).get(nid), nid)
+        self.code[nid] = Code(name)
+        lines = sympy_print.split_long(name, code.text)
         if comment and len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
             lines[0] += f"  # {comment}"
         elif comment and len(comment) <= 100:
             lines.insert(0, f"# {comment}")
         self.out.lines.extend(lines)
 
-    def param(self, name: str, part: str) -> str:
-        return f"{self.owner}.{name}_{part}"
+    # -- constants ----------------------------------------------------------------------------------
+    def _literal_consts(self, nid: int) -> bool:
+        """A uniform constant read only by elementwise arithmetic whose other operand is at least as
+        wide prints as a Python number (no buffer, no broadcast)."""
+        g = self.g
+        vals = g.attrs(nid)["value"]
+        if len(set(vals)) != 1 or nid in g.graph["outputs"]:
+            return False
+        for s in g.successors(nid):
+            if g.op(s) not in ("add", "sub", "mul") or g.width(s) < len(vals):
+                return False
+            other = [i for i in g.inputs_of(s) if i != nid]
+            if not other or g.width(other[0]) != g.width(s):
+                return False
+        return True
+
+    def constant(self, nid: int) -> Code:
+        vals = tuple(self.g.attrs(nid)["value"])
+        if nid in self.literal_ok:
+            text = _f(vals[0])
+            return Code(text, NEG if text.startswith("-") else ATOM)
+        name = self.pool.name(vals)
+        self.buffers_used[name] = vals
+        return Code(f"self.{name}")
 
     # -- emission -------------------------------------------------------------------------------------
     def run(self) -> Emitted:
         g = self.g
-        regions = fusion.find_regions(g) if self.fused is not None else []
-        for step in fusion.schedule(g, regions):
+        for step in fusion.schedule(g, self.regions):
             if isinstance(step, fusion.Region):
                 self._region(step)
                 self.done.update(step.nodes)
             elif step not in self.done:
-                self.emit(step)
+                op = g.op(step)
+                if op not in LOWER:
+                    raise CompileError(f"torch backend: no lowering for op {op!r} (node %{step}); add a LOWER row")
+                LOWER[op](self, step, g.attrs(step), [self.ref(i) for i in g.inputs_of(step)])
                 self.done.add(step)
         (o,) = g.graph["outputs"]
-        self.out.result = self.batched_ref(o)
+        self.out.result = self.batched_ref(o).text
         return self.out
-
-    def emit(self, nid: int) -> None:
-        g = self.g
-        d = g.nodes[nid]
-        op, a, ins = d["op"], d["attrs"], d["inputs"]
-        r = [self.ref(i) for i in ins if i in self.inline or i in self.var]
-        if op == "input":
-            full = a["start"] == 0 and a["stop"] == sum(b - s for s, b in g.graph["inputs"].values())
-            self.inline[nid] = "x" if full else f"x[:, {a['start']}:{a['stop']}]"
-        elif op == "constant":
-            self.inline[nid] = self.buffer(nid, a["value"])
-        elif op == "wcol":
-            self.inline[nid] = f"{self.param(a['param'], 'weight')}[:, {a['col']}:{a['col'] + 1}].t()"
-        elif op == "slice":
-            self.inline[nid] = f"{self._atom(r[0])}[:, {a['start']}:{a['stop']}]"
-        elif op == "concat" and self._contiguous_inputs(ins):
-            first, last = g.attrs(ins[0]), g.attrs(ins[-1])
-            total = sum(b - s for s, b in g.graph["inputs"].values())
-            whole = (first["start"], last["stop"]) == (0, total)
-            self.inline[nid] = "x" if whole else f"x[:, {first['start']}:{last['stop']}]"
-        elif op == "concat":
-            parts = [self.batched_ref(i) for i in ins] if d["batched"] else r
-            self.assign(nid, f"torch.cat([{', '.join(parts)}], 1)")
-        elif op == "linear":
-            p = g.graph["params"][a["param"]]
-            w = self.param(a["param"], "weight")
-            if tuple(a["cols"]) != (0, p.inp):
-                w += f"[:, {a['cols'][0]}:{a['cols'][1]}]"
-            args = [r[0], w] + ([self.param(a["param"], "bias")] if a["bias"] else [])
-            self.assign(nid, f"F.linear({', '.join(args)})")
-        elif op in ("add", "sub", "mul"):
-            sym = {"add": "+", "sub": "-", "mul": "*"}[op]
-            self.assign(nid, f"{r[0]} {sym} {self._atom(r[1]) if op == 'sub' else r[1]}")
-        elif op == "neg":
-            self.assign(nid, f"-{self._atom(r[0])}")
-        elif op == "scale":
-            self.assign(nid, f"{_f(a['value'])} * {self._atom(r[0])}")
-        elif op == "sum":
-            self.assign(nid, f"{self._atom(r[0])}.sum(1, keepdim=True)")
-        elif op == "expand":
-            self.assign(nid, f"{self._atom(r[0])}.expand(-1, {a['out']})")
-        elif op == "fscale":
-            self.assign(nid, self._fscale(nid, r[0], g.width(ins[0]), a["freqs"]))
-        elif op == "posenc":
-            u = f"u{nid}"
-            self.out.lines.append(f"{u} = {self._fscale(nid, r[0], g.width(ins[0]), a['freqs'])}")
-            parts = ([r[0]] if a["include_input"] else []) + [f"torch.sin({u})", f"torch.cos({u})"]
-            self.assign(nid, f"torch.cat([{', '.join(parts)}], 1)", "positional encoding")
-        elif op == "pointwise":
-            self._pointwise_group(ins[0])
-        else:
-            raise CompileError(f"torch backend: no emission rule for op {op!r} (node %{nid})")
 
     def _region(self, region: fusion.Region) -> None:
         cls = self.fused.get(self.g, region)
-        args = ", ".join(self.ref(i) for i in region.inputs)
-        outs = [f"v{o}" for o in region.outputs]
+        args = ", ".join(self.ref(i).text for i in region.inputs)
+        names = self.g.graph.get("names", {})
+        outs = []
         for o in region.outputs:
-            self.var[o] = f"v{o}"
-        labels = [self.g.attrs(n)["label"] for n in region.nodes if self.g.op(n) == "pointwise"]
-        target = outs[0] if len(outs) == 1 else ", ".join(outs)
+            outs.append(self.ns.fresh(names.get(o), o))
+            self.code[o] = Code(outs[-1])
+        labels = [self.g.attrs(n)["fn"].label for n in region.nodes if self.g.op(n) == "pointwise"]
+        target = ", ".join(outs)
         comment = f"# {', '.join(labels)}"
         lines = sympy_print.split_long(target, f"{cls}.apply({args})")
         if len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
@@ -332,36 +378,106 @@ class _Emitter:
             return False
         return all(g.attrs(p)["stop"] == g.attrs(q)["start"] for p, q in zip(ins, ins[1:]))
 
-    def _fscale(self, nid: int, src: str, width: int, freqs) -> str:
-        buf = self.buffer(nid, [f for f in freqs for _ in range(width)])
-        if width == 1:
-            return f"{self._atom(src)} * {buf}"
-        return f"{self._atom(src)}.repeat(1, {len(freqs)}) * {buf}"
+    def columns(self, start: int, stop: int) -> Code:
+        return Code("x" if (start, stop) == (0, self.total) else f"x[:, {start}:{stop}]")
 
-    def _pointwise_group(self, src: int) -> None:
+    def fscale(self, nid: int, src: Code, width: int, freqs) -> Code:
+        """[a f0, a f1, ...] frequency-major, by broadcasting (no repeat, no copy of a)."""
+        f = self.constant_row(tuple(float(v) for v in freqs))
+        if width == 1:
+            return Code(f"{src.at(MUL)} * {f}", MUL)
+        return Code(f"({src.at(ATOM)}[:, None, :] * {f}[:, :, None]).flatten(1)")
+
+    def constant_row(self, values: tuple[float, ...]) -> str:
+        name = self.pool.name(values)
+        self.buffers_used[name] = values
+        return f"self.{name}"
+
+    def pointwise_group(self, src: int) -> None:
         members = self.groups[src]
         var = self.ref(src)
-        if not var.isidentifier():  # give the shared input a name so the expressions stay short
+        if not var.text.isidentifier():  # give the shared input a name so the expressions stay short
             self.assign(src, var)
-            var = self.var[src]
-            self.inline.pop(src, None)
-        fns = [A.lookup(self.g.attrs(m)["fn"]) for m in members]
+            var = self.ref(src)
+        var = var.text
+        fns = [self.g.attrs(m)["fn"] for m in members]
         symbolic = []
         for m, fn in zip(members, fns):
             # a lone activation uses the fused library call (F.silu); beside its derivatives it is printed
             # from its expression so they share subexpressions (swish' reuses sigmoid(z) and z*sigmoid(z))
             if fn.library and len(members) == 1:
                 args = {f"a{i}": _f(v) for i, v in enumerate(fn.library_args)}
-                self.assign(m, sympy_print.LIBRARY[fn.library].format(x=var, **args), self.g.attrs(m)["label"])
+                self.assign(m, Code(sympy_print.LIBRARY[fn.library].format(x=var, **args)), fn.label)
             else:
                 symbolic.append((m, fn))
         if symbolic:
             temps, codes = sympy_print.print_group([fn.expr for _, fn in symbolic], var, f"{var}_")
             for name, code in temps:
+                self.ns.used.add(name)
                 self.out.lines.extend(sympy_print.split_long(name, code))
-            for (m, _), code in zip(symbolic, codes):
-                self.assign(m, code, self.g.attrs(m)["label"])
+            for (m, fn), code in zip(symbolic, codes):
+                self.assign(m, Code(code, ADD), fn.label)
         self.done.update(members)
+
+
+def _lower_concat(e: _Emitter, nid, a, r):
+    g = e.g
+    ins = g.inputs_of(nid)
+    if e._contiguous_inputs(ins):
+        e.code[nid] = e.columns(g.attrs(ins[0])["start"], g.attrs(ins[-1])["stop"])
+        return
+    parts = [e.batched_ref(i) for i in ins] if g.nodes[nid]["batched"] else r
+    e.assign(nid, Code(f"torch.cat([{', '.join(p.text for p in parts)}], 1)"))
+
+
+def _lower_linear(e: _Emitter, nid, a, r):
+    p = e.g.graph["params"][a["param"]]
+    w = e.param(a["param"], "weight")
+    if tuple(a["cols"]) != (0, p.inp):
+        w += f"[:, {a['cols'][0]}:{a['cols'][1]}]"
+    args = [r[0].text, w] + ([e.param(a["param"], "bias")] if a["bias"] else [])
+    e.assign(nid, Code(f"F.linear({', '.join(args)})"))
+
+
+def _lower_posenc(e: _Emitter, nid, a, r):
+    width = e.g.width(e.g.inputs_of(nid)[0])
+    u = e.ns.fresh(f"u{nid}", nid)
+    e.out.lines.append(f"{u} = {e.fscale(nid, r[0], width, a['freqs']).text}")
+    parts = ([r[0].text] if a["include_input"] else []) + [f"torch.sin({u})", f"torch.cos({u})"]
+    e.assign(nid, Code(f"torch.cat([{', '.join(parts)}], 1)"), "positional encoding")
+
+
+def _binary(sym: str, prec: int):
+    def lower(e: _Emitter, nid, a, r):
+        right = r[1].at(prec + 1) if sym == "-" else r[1].at(prec)
+        e.assign(nid, Code(f"{r[0].at(prec)} {sym} {right}", prec))
+
+    return lower
+
+
+def _set(e: _Emitter, nid: int, code: Code) -> None:
+    e.code[nid] = code
+
+
+#: op -> how the torch backend prints it (every op in ops.OPS has a row; tests/test_ops.py checks)
+LOWER = {
+    "input": lambda e, nid, a, r: _set(e, nid, e.columns(a["start"], a["stop"])),
+    "constant": lambda e, nid, a, r: _set(e, nid, e.constant(nid)),
+    "wcol": lambda e, nid, a, r: _set(e, nid, Code(f"{e.param(a['param'], 'weight')}[:, {a['col']}].unsqueeze(0)")),
+    "slice": lambda e, nid, a, r: _set(e, nid, Code(f"{r[0].at(ATOM)}[:, {a['start']}:{a['stop']}]")),
+    "concat": _lower_concat,
+    "linear": _lower_linear,
+    "add": _binary("+", ADD),
+    "sub": _binary("-", ADD),
+    "mul": _binary("*", MUL),
+    "neg": lambda e, nid, a, r: e.assign(nid, Code(f"-{r[0].at(NEG)}", NEG)),
+    "scale": lambda e, nid, a, r: e.assign(nid, Code(f"{_f(a['value'])} * {r[0].at(MUL)}", MUL)),
+    "sum": lambda e, nid, a, r: e.assign(nid, Code(f"{r[0].at(ATOM)}.sum(1, keepdim=True)")),
+    "expand": lambda e, nid, a, r: e.assign(nid, Code(f"{r[0].at(ATOM)}.expand(-1, {a['out']})")),
+    "fscale": lambda e, nid, a, r: e.assign(nid, e.fscale(nid, r[0], e.g.width(e.g.inputs_of(nid)[0]), a["freqs"])),
+    "posenc": _lower_posenc,
+    "pointwise": lambda e, nid, a, r: e.pointwise_group(e.g.inputs_of(nid)[0]),
+}
 
 
 def _join_blocks(blocks: list[list[str]]) -> list[str]:
@@ -371,43 +487,53 @@ def _join_blocks(blocks: list[list[str]]) -> list[str]:
     return out
 
 
-def emit_graph(g: IRGraph, tag: str, owner: str, fused: FusedFunctions | None = None) -> Emitted:
+def emit_graph(g: IRGraph, pool: ConstantPool, fused: FusedFunctions | None = None) -> _Emitter:
     if len(g.graph["outputs"]) != 1:
         raise CompileError("torch backend: exactly one output node expected")
-    return _Emitter(g, tag, owner, fused).run()
+    e = _Emitter(g, pool, fused)
+    e.run()
+    return e
 
 
-def generate(spec, integral_ir: IRGraph, grad_ir: IRGraph, version: str, fuse: bool = True) -> str:
-    """The module source for a spec and its two graphs (deterministic: same input, same text).
+def _buffer_lines(names: dict[str, tuple[float, ...]]) -> list[str]:
+    return [line for name in sorted(names, key=lambda n: int(n[1:])) for line in Buffer(name, names[name]).lines()]
+
+
+def generate(program, *, version: str, fuse: bool = True) -> str:
+    """The module source for a ``Program`` (deterministic: same program, same text).
 
     With ``fuse``, the grad network's elementwise regions become fused autograd Functions (the integral
     network stays plain PyTorch ops, so ``torch.func`` transforms of Phi keep working)."""
-    integral = emit_graph(integral_ir, "ci", "self")
+    pool = ConstantPool()
+    integral = emit_graph(program.integral, pool)
     fused = FusedFunctions() if fuse else None
-    grad = emit_graph(grad_ir, "cg", "m", fused)
+    grad = emit_graph(program.grad, pool, fused)
+    iparams = program.integral.graph["params"]
     params = [
         dict(name=name, out=p.out, inp=p.inp, bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
-        for name, p in sorted(integral_ir.graph["params"].items())
+        for name, p in sorted(iparams.items())
     ]
-    nonsmooth = sorted({grad_ir.attrs(n)["label"] for n in grad_ir.order()
-                        if grad_ir.op(n) == "pointwise" and not A.lookup(grad_ir.attrs(n)["fn"]).smooth})
+    g = program.grad
+    nonsmooth = sorted(
+        {g.attrs(n)["fn"].label for n in g.order() if g.op(n) == "pointwise" and not g.attrs(n)["fn"].smooth}
+    )
     return render(
         "torch_module.py.j2",
-        spec=spec,
+        name=program.name,
+        spec_hash=program.hash,
         version=version,
         params=params,
-        integral=integral,
-        grad=grad,
+        integral=integral.out,
+        grad=grad.out,
+        grad_params=sorted(grad.params_used),
         fused_lines=_join_blocks(fused.sources if fused else []),
         kernels=fused.kernel_names if fused else [],
-        buffer_lines=[line for b in integral.buffers + grad.buffers for line in b.lines()],
-        dtype="torch.float64" if spec.dtype == "float64" else "torch.float32",
-        in_features=spec.in_features,
-        out_features=integral_ir.width(integral_ir.graph["outputs"][0]),
-        columns=tuple(spec.integration_columns),
-        wrt=list(spec.integrate),
-        grad_title=("d" if len(spec.integrate) == 1 else f"d^{len(spec.integrate)} ") + "Phi / "
-        + " ".join(f"d{v}" for v in spec.integrate),
-        grad_uses_m=any("m." in line for line in grad.lines + [grad.result]) or bool(grad.buffers),
+        integral_buffers=_buffer_lines(integral.buffers_used),
+        grad_buffers=_buffer_lines(grad.buffers_used),
+        dtype="torch.float64" if program.dtype == "float64" else "torch.float32",
+        in_features=program.in_features,
+        out_features=program.out_features,
+        columns=tuple(program.integration_columns),
+        grad_title=g.graph.get("title", "d Phi / d" + " d".join(program.wrt)),
         nonsmooth=nonsmooth,
     )

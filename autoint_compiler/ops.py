@@ -1,0 +1,378 @@
+"""The op definitions: every IR op is defined once, here, JAX-style — its arity, attribute schema,
+width inference, printed form, elementwise meaning (a sympy expression, where it has one) and its
+forward-mode (JVP) rule, side by side.
+
+A JVP rule receives the builder, the node id and the tangent map ``T`` (node id -> tangent node id,
+or ``None`` for a tangent that is identically zero) and returns the node's tangent. Rules only emit
+ops that have rules themselves, so deriving twice gives mixed and repeated partials.
+
+What else an op needs lives in per-consumer tables keyed by op name, each checked for completeness
+by ``tests/test_ops.py``: a lowering in every backend (``backends/torch_backend.py: LOWER``, the
+Triton backend's table) and an evaluator in the reference interpreter (``interpret.py: EVAL``).
+See ``docs/ARCHITECTURE.md`` for the recipe to add an op. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
+
+import sympy as sp
+
+from . import activations
+from .errors import CompileError
+
+if TYPE_CHECKING:  # the rules build nodes through the IR builder; no import cycle at run time
+    from .ir import Builder
+
+Tangents = dict[int, Optional[int]]
+Rule = Callable[["Builder", int, Tangents], Optional[int]]
+
+
+def num(v: float) -> str:
+    """A number as printed in IR text: integers without a decimal point."""
+    return repr(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    arity: int | None  # None: one or more inputs
+    attrs: tuple[str, ...]  # attribute names every node of this op carries
+    width: Callable[[list[int], dict], int]  # output features from input widths and attributes
+    doc: str
+    show: Callable[[dict, object], str] | None = None  # bracketed attribute text of the printed form
+    elementwise: Callable[[list[sp.Expr], dict], sp.Expr] | None = None  # meaning on scalars
+    printed: Callable[[dict, str], str] | None = None  # the whole printed form, where not op[show](args)
+    jvp: Rule | None = None
+
+    def describe(self, attrs: dict, args: str, g) -> str:
+        if self.printed is not None:
+            return self.printed(attrs, args)
+        inner = self.show(attrs, g) if self.show else ""
+        return f"{self.name}{f'[{inner}]' if inner else ''}({args})"
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def defop(
+    name: str, arity: int | None, attrs: tuple[str, ...], width, doc: str, show=None, elementwise=None, printed=None
+):
+    OPS[name] = OpDef(name, arity, attrs, width, doc, show, elementwise, printed)
+
+
+def defjvp(name: str):
+    """Attach the JVP rule of an op defined above (decorator)."""
+
+    def register(rule: Rule) -> Rule:
+        OPS[name] = OpDef(**{**OPS[name].__dict__, "jvp": rule})
+        return rule
+
+    return register
+
+
+def op_def(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise CompileError(f"unknown op {name!r}: it has no definition in ops.py") from None
+
+
+def rule_for(op: str) -> Rule:
+    rule = op_def(op).jvp
+    if rule is None:
+        raise CompileError(f"no differentiation rule for op {op!r}: add one with @defjvp({op!r}) in ops.py")
+    return rule
+
+
+def _broadcast(op: str, widths: list[int]) -> int:
+    out = max(widths)
+    if any(w not in (1, out) for w in widths):
+        raise CompileError(f"{op}: input widths {widths} do not broadcast (equal, or 1)")
+    return out
+
+
+def _t(b: "Builder", T: Tangents, nid: int, k: int = 0) -> Optional[int]:
+    return T[b.g.inputs_of(nid)[k]]
+
+
+def _zero(b: "Builder", nid: int, T: Tangents) -> None:
+    """Ops whose value does not depend on the integration variables through their inputs."""
+    return None
+
+
+def _freqs(a: dict, g=None) -> str:
+    fr = ", ".join(num(f) for f in a["freqs"][:4]) + (", ..." if len(a["freqs"]) > 4 else "")
+    return f"freqs=({fr})"
+
+
+# --- leaves ------------------------------------------------------------------------------------------
+
+defop(
+    "input",
+    0,
+    ("name", "start", "stop"),
+    lambda w, a: a["stop"] - a["start"],
+    "columns start:stop of x",
+    printed=lambda a, args: f"input[{a['name']}](x[:, {a['start']}:{a['stop']}])",
+)
+defjvp("input")(_zero)  # derive() seeds the integration variable's tangent with 1
+
+
+def _show_constant(a: dict, g=None) -> str:
+    vals = a["value"]
+    return ", ".join(num(v) for v in vals[:6]) + (f", ... ({len(vals)} values)" if len(vals) > 6 else "")
+
+
+defop(
+    "constant",
+    0,
+    ("value",),
+    lambda w, a: len(a["value"]),
+    "a constant row [1, width]",
+    printed=lambda a, args: f"constant({_show_constant(a)})",
+)
+defjvp("constant")(_zero)
+
+defop(
+    "wcol",
+    0,
+    ("param", "col", "out"),
+    lambda w, a: a["out"],
+    "column 'col' of weight 'param' as a row [1, out] (a parameter view)",
+    show=lambda a, g: f"{a['param']}, col={a['col']}",
+)
+defjvp("wcol")(_zero)
+
+# --- linear algebra ----------------------------------------------------------------------------------
+
+defop(
+    "linear",
+    1,
+    ("param", "cols", "bias", "out"),
+    lambda w, a: a["out"],
+    "W[:, cols] @ h (+ b): weights shared by name 'param'",
+    show=lambda a, g: (
+        a["param"]
+        + (
+            ""
+            if tuple(a["cols"]) == (0, g.graph["params"][a["param"]].inp)
+            else f", cols={a['cols'][0]}:{a['cols'][1]}"
+        )
+        + ("" if a["bias"] else ", no bias")
+    ),
+)
+
+
+@defjvp("linear")
+def _linear(b: "Builder", nid: int, T: Tangents) -> Optional[int]:
+    # d(W h + c) = W dh; over a concat, only the columns of the parts with a tangent are multiplied
+    g = b.g
+    a = g.attrs(nid)
+    (src,) = g.inputs_of(nid)
+    if T[src] is None:
+        return None
+    lo = a["cols"][0]
+    if g.op(src) == "concat":
+        parts, off = [], lo
+        for p in g.inputs_of(src):
+            w = g.width(p)
+            if T[p] is not None:
+                parts.append(b.linear(T[p], a["param"], cols=(off, off + w), bias=False))
+            off += w
+        if len(parts) < len(g.inputs_of(src)):
+            return b.add_all(parts)
+    return b.linear(T[src], a["param"], cols=tuple(a["cols"]), bias=False)
+
+
+defop("sum", 1, (), lambda w, a: 1, "sum over features")
+
+
+@defjvp("sum")
+def _sum(b, nid, T):
+    t = _t(b, T, nid)
+    return None if t is None else b.sum(t)
+
+
+# --- elementwise arithmetic ---------------------------------------------------------------------------
+
+defop(
+    "add",
+    2,
+    (),
+    lambda w, a: _broadcast("add", w),
+    "a + b (broadcasting width 1)",
+    elementwise=lambda u, a: u[0] + u[1],
+)
+defop("sub", 2, (), lambda w, a: _broadcast("sub", w), "a - b", elementwise=lambda u, a: u[0] - u[1])
+defop("mul", 2, (), lambda w, a: _broadcast("mul", w), "a * b (Hadamard)", elementwise=lambda u, a: u[0] * u[1])
+defop("neg", 1, (), lambda w, a: w[0], "-a", elementwise=lambda u, a: -u[0])
+defop(
+    "scale",
+    1,
+    ("value",),
+    lambda w, a: w[0],
+    "value * a",
+    show=lambda a, g: num(a["value"]),
+    elementwise=lambda u, a: sp.Float(a["value"]) * u[0],
+)
+
+
+@defjvp("add")
+def _add(b, nid, T):
+    ta, tb = _t(b, T, nid, 0), _t(b, T, nid, 1)
+    if ta is None or tb is None:
+        return ta if tb is None else tb
+    return b.add(ta, tb)
+
+
+@defjvp("sub")
+def _sub(b, nid, T):
+    ta, tb = _t(b, T, nid, 0), _t(b, T, nid, 1)
+    if tb is None:
+        return ta
+    return b.neg(tb) if ta is None else b.sub(ta, tb)
+
+
+@defjvp("mul")
+def _mul(b, nid, T):
+    x, y = b.g.inputs_of(nid)
+    terms = []
+    if T[x] is not None:
+        terms.append(b.mul(T[x], y))
+    if T[y] is not None:
+        terms.append(b.mul(x, T[y]))
+    return b.add_all(terms) if terms else None
+
+
+@defjvp("neg")
+def _neg(b, nid, T):
+    t = _t(b, T, nid)
+    return None if t is None else b.neg(t)
+
+
+@defjvp("scale")
+def _scale(b, nid, T):
+    t = _t(b, T, nid)
+    return None if t is None else b.scale(t, b.g.attrs(nid)["value"])
+
+
+defop(
+    "pointwise",
+    1,
+    ("fn",),
+    lambda w, a: w[0],
+    "an elementwise function (a sympy expression of x)",
+    elementwise=lambda u, a: a["fn"].expr.subs(activations.x, u[0]),
+    printed=lambda a, args: f"{a['fn'].label}({args})",
+)
+
+
+@defjvp("pointwise")
+def _pointwise(b, nid, T):
+    # d f(a) = f'(a) * da, with f' derived once by sympy
+    t = _t(b, T, nid)
+    if t is None:
+        return None
+    (a,) = b.g.inputs_of(nid)
+    d = activations.derivative(b.g.attrs(nid)["fn"])
+    if d is None:
+        return None
+    if d.expr.is_number:  # an affine formula: f' is a constant
+        return b.scale(t, float(d.expr))
+    return b.mul(b.pointwise(a, d), t)
+
+
+# --- shape ---------------------------------------------------------------------------------------------
+
+defop(
+    "expand",
+    1,
+    ("out",),
+    lambda w, a: a["out"],
+    "broadcast a width-1 value to 'out' features",
+    show=lambda a, g: str(a["out"]),
+)
+
+
+@defjvp("expand")
+def _expand(b, nid, T):
+    t = _t(b, T, nid)
+    return None if t is None else b.expand(t, b.g.attrs(nid)["out"])
+
+
+defop("concat", None, (), lambda w, a: sum(w), "feature concatenation")
+
+
+@defjvp("concat")
+def _concat(b, nid, T):
+    parts = b.g.inputs_of(nid)
+    ts = [T[p] for p in parts]
+    if all(t is None for t in ts):
+        return None
+    return b.concat([t if t is not None else b.const([0.0] * b.g.width(p)) for p, t in zip(parts, ts)])
+
+
+defop(
+    "slice",
+    1,
+    ("start", "stop"),
+    lambda w, a: a["stop"] - a["start"],
+    "features start:stop",
+    show=lambda a, g: f"{a['start']}:{a['stop']}",
+)
+
+
+@defjvp("slice")
+def _slice(b, nid, T):
+    t = _t(b, T, nid)
+    if t is None:
+        return None
+    a = b.g.attrs(nid)
+    return b.slice(t, a["start"], a["stop"])
+
+
+# --- positional encoding -------------------------------------------------------------------------------
+
+defop("fscale", 1, ("freqs",), lambda w, a: w[0] * len(a["freqs"]), "[a*f0, a*f1, ...] (frequency-major)", show=_freqs)
+
+
+@defjvp("fscale")
+def _fscale(b, nid, T):
+    t = _t(b, T, nid)
+    return None if t is None else b.fscale(t, b.g.attrs(nid)["freqs"])
+
+
+defop(
+    "posenc",
+    1,
+    ("freqs", "include_input"),
+    lambda w, a: w[0] * (int(a["include_input"]) + 2 * len(a["freqs"])),
+    "[a?, sin(a*f0), sin(a*f1).., cos(a*f0)..] (frequency-major blocks)",
+    show=lambda a, g: f"{_freqs(a)}, include_input={a['include_input']}",
+)
+
+
+@defjvp("posenc")
+def _posenc(b, nid, T):
+    # P = [a?, sin(F a), cos(F a)]  =>  dP = [da?, cos(F a) * F da, -sin(F a) * F da]; the sin and cos
+    # blocks are slices of P itself, so the primal work is reused, not recomputed
+    t = _t(b, T, nid)
+    if t is None:
+        return None
+    a = b.g.attrs(nid)
+    w = b.g.width(b.g.inputs_of(nid)[0])
+    k = len(a["freqs"]) * w
+    off = w if a["include_input"] else 0
+    sin_block = b.slice(nid, off, off + k)
+    cos_block = b.slice(nid, off + k, off + 2 * k)
+    ft = b.fscale(t, a["freqs"])
+    parts = [t] if a["include_input"] else []
+    parts += [b.mul(cos_block, ft), b.neg(b.mul(sin_block, ft))]
+    return b.concat(parts)
+
+
+#: ops a fusion region may absorb (elementwise, defined by ``elementwise``)
+ELEMENTWISE = frozenset(name for name, d in OPS.items() if d.elementwise is not None)
+COMMUTATIVE = frozenset({"add", "mul"})
