@@ -13,7 +13,17 @@ __version__ = "0.1.0"
 
 from .errors import AutoIntError, CompileError, SpecError  # noqa: E402
 
-__all__ = ["compile", "compile_source", "load_spec", "SpecError", "CompileError", "AutoIntError", "__version__"]
+__all__ = [
+    "compile",
+    "compile_module",
+    "compile_source",
+    "derive",
+    "load_spec",
+    "SpecError",
+    "CompileError",
+    "AutoIntError",
+    "__version__",
+]
 
 
 def __getattr__(name):  # lazy: importing the package stays cheap and torch-free
@@ -21,6 +31,14 @@ def __getattr__(name):  # lazy: importing the package stays cheap and torch-free
         from . import compiler
 
         return getattr(compiler, name)
+    if name == "compile_module":
+        from .frontends.fx import compile_module
+
+        return compile_module
+    if name == "derive":
+        from .differentiate import derive
+
+        return derive
     if name == "load_spec":
         from .spec import load_spec
 

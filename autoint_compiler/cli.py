@@ -21,16 +21,30 @@ from pathlib import Path
 
 from .errors import AutoIntError
 
-EXPERIMENTS = ("autoint_compiler.apps.oned", "autoint_compiler.apps.ct")
+#: experiment subcommand -> (module that registers it with ``add_parser(subparsers)``, one-line help).
+#: Their modules (torch, matplotlib, scikit-image) are imported only when the subcommand runs, so
+#: compiling and inspecting specs stays torch-free and fast.
+EXPERIMENTS = {
+    "train-1d": ("autoint_compiler.apps.oned", "fit a 1-D signal and check integrals against exact ones"),
+    "ct": ("autoint_compiler.apps.ct", "sparse-view CT of the Shepp-Logan phantom (AutoInt vs FBP)"),
+}
 COMMANDS = {"compile", "inspect", "rules"}
 
 
-def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
+def _parser(experiment: str | None = None) -> argparse.ArgumentParser:
+    epilog = "experiments (see `autoint-compile NAME --help`):\n" + "\n".join(
+        f"  {name:10s} {text}" for name, (_, text) in EXPERIMENTS.items()
+    )
     p = argparse.ArgumentParser(
         prog="autoint-compile",
         description="Compile AutoInt network specs (YAML) into PyTorch integral and grad networks.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    if experiment is not None:  # only this experiment's module is imported
+        importlib.import_module(EXPERIMENTS[experiment][0]).add_parser(sub)
+        return p
     c = sub.add_parser("compile", help="compile a spec to DIR/<name>.py (the default command)")
     c.add_argument("spec", help="network spec (YAML file)")
     c.add_argument("-o", "--out", default=".", help="output folder (default: .)")
@@ -46,25 +60,14 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
 
     r = sub.add_parser("rules", help="list the activations and their sympy-derived derivatives")
     r.set_defaults(func=cmd_rules)
-
-    names = list(COMMANDS)
-    for modname in EXPERIMENTS:
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError as exc:  # an experiment whose optional dependency is missing
-            if exc.name and exc.name.startswith("autoint_compiler"):
-                continue
-            raise
-        before = set(sub.choices)
-        mod.add_parser(sub)
-        names += sorted(set(sub.choices) - before)
-    return p, names
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, names = _parser()
-    if argv and argv[0] not in names and not argv[0].startswith("-"):
+    experiment = argv[0] if argv and argv[0] in EXPERIMENTS else None
+    parser = _parser(experiment)
+    if argv and experiment is None and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "compile")  # `autoint-compile SPEC` is `autoint-compile compile SPEC`
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -121,6 +121,9 @@ class IRGraph(nx.DiGraph):
     def __str__(self) -> str:
         return format_graph(self)
 
+    def to_directed_class(self):
+        return IRGraph
+
     def copy(self, as_view=False):
         h = super().copy(as_view=as_view)
         if not as_view:

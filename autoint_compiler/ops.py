@@ -174,15 +174,19 @@ def _linear(b: "Builder", nid: int, T: Tangents) -> Optional[int]:
     if T[src] is None:
         return None
     lo = a["cols"][0]
-    if g.op(src) == "concat":
-        parts, off = [], lo
-        for p in g.inputs_of(src):
-            w = g.width(p)
-            if T[p] is not None:
-                parts.append(b.linear(T[p], a["param"], cols=(off, off + w), bias=False))
-            off += w
-        if len(parts) < len(g.inputs_of(src)):
-            return b.add_all(parts)
+    if g.op(src) == "concat" and any(T[p] is None for p in g.inputs_of(src)):
+        terms, run, start, off = [], [], lo, lo
+        for p in g.inputs_of(src):  # one GEMM per run of consecutive parts that have a tangent
+            if T[p] is None:
+                if run:
+                    terms.append(b.linear(b.concat(run), a["param"], cols=(start, off), bias=False))
+                run, start = [], off + g.width(p)
+            else:
+                run.append(T[p])
+            off += g.width(p)
+        if run:
+            terms.append(b.linear(b.concat(run), a["param"], cols=(start, off), bias=False))
+        return b.add_all(terms)
     return b.linear(T[src], a["param"], cols=tuple(a["cols"]), bias=False)
 
 

@@ -68,7 +68,7 @@ def make_program(
     meta: dict | None = None,
 ) -> Program:
     """Φ's IR (from any frontend) -> a linted ``Program`` with its derived grad network."""
-    from .derive import derive
+    from .differentiate import derive
 
     integral.lint()
     wrt = tuple(wrt)

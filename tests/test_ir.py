@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from autoint_compiler.derive import derive
+from autoint_compiler.differentiate import derive
 from autoint_compiler.errors import CompileError
 from autoint_compiler.ir import Builder, IRGraph, ParamInfo, format_graph
 from autoint_compiler.passes import cse, dce
