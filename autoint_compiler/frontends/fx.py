@@ -67,7 +67,7 @@ def _mul(L, node, args, kwargs):
 
 def _div(L, node, args, kwargs):
     a, d = args[0], args[1]
-    if not isinstance(d, (int, float)) or isinstance(a, (int, float)):
+    if not _is_number(d) or not isinstance(a, Ref):
         L.unsupported(node, "division by a tensor (only division by a number)")
     return L.b.scale(a, 1.0 / float(d))
 
@@ -78,7 +78,7 @@ def _neg(L, node, args, kwargs):
 
 def _pow(L, node, args, kwargs):
     base, ex = args[0], args[1]
-    if isinstance(base, (int, float)) or not (isinstance(ex, int) or (isinstance(ex, float) and ex.is_integer())):
+    if not isinstance(base, Ref) or not _is_number(ex) or not float(ex).is_integer():
         L.unsupported(node, f"power with exponent {ex!r} (only non-negative integer powers of a tensor)")
     ex = int(ex)
     if ex < 1:
@@ -187,7 +187,7 @@ LOWER_MODULES: dict[type, Any] = {
 
 def _source_line(node: fx.Node) -> str:
     trace = (node.stack_trace or "").strip().splitlines()
-    files = [i for i, line in enumerate(trace) if line.strip().startswith("File ")]
+    files = [i for i, line in enumerate(trace) if line.strip().startswith("File ") and "/torch/" not in line]
     if not files:
         return "source line unknown"
     i = files[-1]
