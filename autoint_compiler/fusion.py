@@ -73,8 +73,23 @@ def gradient_exprs(outputs: list[sp.Expr], symbols, grads, jvp=None) -> list[sp.
             elif d != 0:
                 total += gj * d
         total = total.replace(sp.DiracDelta, lambda *args: sp.Integer(0))
-        res.append(sp.factor_terms(total))  # pulls out common factors; never expands into unstable forms
+        res.append(_readable(sp.factor_terms(total), symbols))  # common factors out; never unstable forms
+
     return res
+
+
+def _readable(expr: sp.Expr, symbols) -> sp.Expr:
+    """Inside each product, collect a polynomial factor on the region's inputs, so swish'' reads as
+    ``s*(1 - s)*(2 + z*(1 - 2*s))`` rather than a sum of near-duplicate terms. Only polynomial
+    factors are expanded (functions stay atoms), so no stable form is rewritten into an unstable one."""
+
+    def tidy(e):
+        if isinstance(e, sp.Add) and len(e.args) <= 8:
+            c = sp.collect(sp.expand(e), list(symbols))
+            return c if sp.count_ops(c) <= sp.count_ops(e) else e
+        return e
+
+    return expr.replace(lambda e: isinstance(e, sp.Add), tidy)
 
 
 def signature(g: IRGraph, region: Region) -> tuple:

@@ -312,6 +312,9 @@ class Builder:
         d = self.g.nodes[a]
         if d["op"] == "neg":
             return d["inputs"][0]
+        if d["op"] == "mul" and self.cval(d["inputs"][1]) is not None:  # -(p * c) = p * (-c)
+            p, q = d["inputs"]
+            return self.mul(p, self.const([-v for v in self.cval(q)]))
         if d["op"] == "scale":
             return self.scale(d["inputs"][0], -d["attrs"]["value"])
         return self.g.add("neg", (a,))

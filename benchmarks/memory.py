@@ -48,8 +48,7 @@ def measure_in_child(args: dict) -> dict:
 
     torch.set_num_threads(args["threads"])
     device = args["device"]
-    b = nets.build(args["size"], args["activation"], seed=args.get("seed", 0), device=device,
-                   use_standin=args.get("standin", False))
+    b = nets.build(args["size"], args["activation"], seed=args.get("seed", 0), device=device)
     x = nets.make_inputs(args["batch"], b.in_features, device=device, seed=1)
     target = methods.make_target(x)
     step = methods.train_step_fn(b, args["method"], x, target)
@@ -83,10 +82,10 @@ def measure_in_child(args: dict) -> dict:
 
 
 def measure(size: str, activation: str, batch: int, method: str, *, device: str = "cpu", threads: int = 1,
-            standin: bool = False, timeout: float = 600.0) -> dict:
+            timeout: float = 600.0) -> dict:
     """Run the child; returns {"peak_mb", "mem_method"} or {"mem_error"}."""
     args = dict(size=size, activation=activation, batch=batch, method=method, device=device,
-                threads=threads, standin=standin)
+                threads=threads)
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     env["MALLOC_TRIM_THRESHOLD_"] = "0"

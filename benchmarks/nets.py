@@ -44,29 +44,11 @@ def make_spec(size: str, activation: str, *, seed: int = 0, name: str | None = N
     return spec
 
 
-def real_compiler():
-    """The real ``autoint_compiler.compile`` or None (with the reason) when it is not there yet."""
-    try:
-        import autoint_compiler as ac
+def compile_spec(spec: dict):
+    """Returns (net, backend_name); a compile failure is an error, never a silent stand-in."""
+    import autoint_compiler as ac
 
-        fn = getattr(ac, "compile", None)
-        if fn is None:
-            return None, "autoint_compiler has no compile() yet"
-        return fn, ""
-    except Exception as exc:  # the core is being written concurrently
-        return None, f"import autoint_compiler failed: {type(exc).__name__}: {exc}"
-
-
-def compile_spec(spec: dict, use_standin: bool = False):
-    """Returns (net, backend_name)."""
-    if not use_standin:
-        fn, why = real_compiler()
-        if fn is not None:
-            return fn(spec), "autoint_compiler"
-        print(f"[bench] using the stand-in compiler ({why})")
-    from . import standin
-
-    return standin.compile(spec), "standin"
+    return ac.compile(spec), "autoint_compiler"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,9 +185,9 @@ class Bench:
                 p.copy_(s)
 
 
-def build(size: str, activation: str, *, seed: int = 0, device: str = "cpu", use_standin: bool = False) -> Bench:
+def build(size: str, activation: str, *, seed: int = 0, device: str = "cpu") -> Bench:
     spec = make_spec(size, activation, seed=seed)
-    net, backend = compile_spec(spec, use_standin)
+    net, backend = compile_spec(spec)
     phi, grad = net.integral.to(device), net.grad.to(device)
     cols = list(net.integration_columns)
     params = list(dict.fromkeys([*phi.parameters(), *grad.parameters()]))
@@ -242,15 +224,9 @@ def double_copy(b: Bench):
     (``ac.compile(spec, dtype=torch.float64)``); the weights are then copied from the float32 net.
     """
     try:
-        if b.backend == "autoint_compiler":
-            import autoint_compiler as ac
+        import autoint_compiler as ac
 
-            net = ac.compile(b.spec, dtype=torch.float64)
-        else:
-            from . import standin
-
-            net = standin.compile(b.spec)
-            net.integral.double()
+        net = ac.compile(b.spec, dtype=torch.float64)
         net.integral.load_state_dict({k: v.detach().double() for k, v in b.phi.state_dict().items()})
         p = next(iter(net.integral.parameters()))
         if p.dtype != torch.float64:

@@ -85,7 +85,6 @@ def parse_args(argv=None):
                    "configuration (at least 3 rounds are kept)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads (default: cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--standin", action="store_true", help="use the benchmark's stand-in compiler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="CORES",
                    help="before each timed configuration wait until other processes use < CORES cores "
@@ -134,8 +133,7 @@ class Runner:
         key = (size, act)
         if key not in self.cache:
             try:
-                self.cache[key] = nets.build(size, act, seed=self.a.seed, device=self.a.device,
-                                             use_standin=self.a.standin)
+                self.cache[key] = nets.build(size, act, seed=self.a.seed, device=self.a.device)
             except Exception as exc:
                 msg = str(exc).strip().splitlines()
                 self.cache[key] = f"build failed: {type(exc).__name__}: {msg[-1][:200] if msg else ''}"
@@ -279,8 +277,7 @@ class Runner:
                 row["x_gen"] = stats[m].median / gen.median
             if row.get("status") == "ok" and (a.memory == "all" or (a.memory == "target" and target_cfg)):
                 self.log(f"  peak memory: {m}")
-                res = memory.measure(b.size, b.activation, batch, m, device=a.device, threads=a.threads,
-                                     standin=a.standin)
+                res = memory.measure(b.size, b.activation, batch, m, device=a.device, threads=a.threads)
                 row["peak_mb"] = res.get("peak_mb", "")
                 row["mem_method"] = res.get("mem_method", res.get("mem_error", ""))
             row.update(self.machine)
@@ -311,13 +308,9 @@ class Runner:
         from . import compile_time
 
         rows = []
-        fn, why = nets.real_compiler()
         for size in self.a.sizes:
             for act in self.a.activations:
                 self.log(f"compile time {size} {act}")
-                if fn is None or self.a.standin:
-                    rows.append({"size": size, "activation": act, "status": f"not measured: {why or 'stand-in'}"})
-                    continue
                 q = self.a.quick
                 row = compile_time.run(size, act, cold_repeats=1 if q else 3, warm_repeats=2 if q else 7)
                 row.update(self.machine)

@@ -67,9 +67,6 @@ def _p(e: sp.Expr, names) -> tuple[str, int]:
         s = _float(v.real)
         return s, (_PREC_NEG if s.startswith("-") else _PREC_ATOM)
     if isinstance(e, sp.Add):
-        fused = _addcmul(e, names)
-        if fused is not None:
-            return fused, _PREC_ATOM
         terms = e.as_ordered_terms()
         out = _p(terms[0], names)
         text = out[0]
@@ -125,27 +122,6 @@ def _p(e: sp.Expr, names) -> tuple[str, int]:
     if fn is None:
         raise CompileError(f"no PyTorch printing rule for sympy function {type(e).__name__}")
     return f"{fn}({', '.join(_p(a, names)[0] for a in e.args)})", _PREC_ATOM
-
-
-def _addcmul(e: sp.Add, names) -> str | None:
-    """``rest + a*b`` as ``torch.addcmul(rest, a, b)``: one pass over memory instead of two."""
-    terms = e.as_ordered_terms()
-    for t in terms:
-        if not isinstance(t, sp.Mul):
-            continue
-        coeff, prod = t.as_coeff_Mul()
-        factors = prod.as_ordered_factors()
-        if len(factors) != 2 or any(f.is_number for f in factors):
-            continue
-        rest = sp.Add(*[u for u in terms if u is not t])
-        if rest.is_number or not rest.free_symbols:
-            continue
-        if any(isinstance(f, sp.Pow) and f.exp.is_negative for f in factors):
-            continue
-        a, b = (_p(f, names)[0] for f in factors)
-        value = "" if coeff == 1 else f", value={_float(coeff)}"
-        return f"torch.addcmul({_p(rest, names)[0]}, {a}, {b}{value})"
-    return None
 
 
 def _jvp_template(e) -> str | None:
