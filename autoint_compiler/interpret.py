@@ -18,6 +18,7 @@ import sympy as sp
 from . import primitives as P
 from .errors import CompileError
 from .ir import IRGraph
+from .names import param_attribute
 
 _erf = np.vectorize(math.erf, otypes=[float])
 
@@ -73,9 +74,9 @@ def eval_expr(expr: sp.Expr, env: dict[sp.Symbol, np.ndarray]) -> np.ndarray:
 
 
 def _linear(g, nid, a, args, params):
-    w = params[f"{a['param']}_weight"][:, a["cols"][0] : a["cols"][1]]
+    w = params[param_attribute(a["param"], "weight")][:, a["cols"][0] : a["cols"][1]]
     out = args[0] @ w.T
-    return out + params[f"{a['param']}_bias"] if a["bias"] else out
+    return out + params[param_attribute(a["param"], "bias")] if a["bias"] else out
 
 
 def _posenc(g, nid, a, args, params):
@@ -91,7 +92,7 @@ def _fscale(freqs, v):
 EVAL: dict[str, Callable] = {
     "input": lambda g, nid, a, args, p: p["__x__"][:, a["start"] : a["stop"]],
     "constant": lambda g, nid, a, args, p: np.asarray(a["value"], dtype=np.float64)[None, :],
-    "wcol": lambda g, nid, a, args, p: p[f"{a['param']}_weight"][:, a["col"]][None, :],
+    "wcol": lambda g, nid, a, args, p: p[param_attribute(a["param"], "weight")][:, a["col"]][None, :],
     "linear": _linear,
     "add": lambda g, nid, a, args, p: args[0] + args[1],
     "sub": lambda g, nid, a, args, p: args[0] - args[1],

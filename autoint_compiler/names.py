@@ -21,3 +21,14 @@ def safe_identifier(text: str, default: str = "net") -> str:
     if out[0].isdigit() or keyword.iskeyword(out):
         out = "_" + out
     return out
+
+
+def param_attribute(param: str, part: str) -> str:
+    """The attribute (and state-dict key) of an IR parameter's ``weight``/``bias`` in generated modules:
+    ``<param>_<part>``, with a long name shortened to a readable prefix plus a stable hash so generated
+    lines stay short. Every backend and frontend uses this one convention."""
+    if len(param) > 32:
+        import hashlib
+
+        param = f"{param[:24]}_{hashlib.sha256(param.encode()).hexdigest()[:6]}"
+    return f"{param}_{part}"

@@ -325,3 +325,14 @@ def test_cli_compile_and_inspect_import_no_torch(args, tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res == {"rc": 0, "torch": False}
+
+
+def test_long_node_names_give_short_valid_lines():
+    long_a, long_b = "a" * 60, "b" * 60
+    spec = {"name": "long", "inputs": {"t": 1, "y": 3}, "integrate": ["t"], "dtype": "float64", "seed": 0,
+            "graph": [{"name": long_a, "op": "linear", "in": ["t", "y"], "out": 4},
+                      {"name": long_b, "op": "swish", "in": [long_a]},
+                      {"name": "o", "op": "linear", "in": [long_b], "out": 1}]}
+    net = ac_compile(spec)
+    assert max(len(line) for line in net.source.splitlines()) <= 110
+    _interpreter_check(net, ac_inputs(net, 6))

@@ -30,7 +30,7 @@ from .. import activations as A
 from .. import fusion
 from ..errors import CompileError
 from ..ir import IRGraph
-from ..names import is_identifier
+from ..names import is_identifier, param_attribute
 from ..templating import render
 from . import sympy_print
 
@@ -299,8 +299,9 @@ class _Emitter:
         return r if self.g.nodes[nid]["batched"] else Code(f"{r.at(ATOM)}.expand(x.shape[0], -1)")
 
     def param(self, name: str, part: str) -> str:
-        self.params_used.add(f"{name}_{part}")
-        return f"self.{name}_{part}"
+        attr = param_attribute(name, part)
+        self.params_used.add(attr)
+        return f"self.{attr}"
 
     def assign(self, nid: int, code: Code, comment: str = "") -> None:
         name = self.ns.fresh(self.g.graph.get("names", {}).get(nid), nid)
@@ -510,7 +511,8 @@ def generate(program, *, version: str, fuse: bool = True) -> str:
     grad = emit_graph(program.grad, pool, fused)
     iparams = program.integral.graph["params"]
     params = [
-        dict(name=name, out=p.out, inp=p.inp, bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
+        dict(weight=param_attribute(name, "weight"), bias_attr=param_attribute(name, "bias"), out=p.out, inp=p.inp,
+             bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
         for name, p in sorted(iparams.items())
     ]
     g = program.grad

@@ -23,7 +23,7 @@ from torch import fx, nn
 from .. import activations as A
 from ..errors import CompileError
 from ..ir import Builder, IRGraph, ParamInfo
-from ..names import safe_identifier
+from ..names import param_attribute, safe_identifier
 from ..program import Program, make_program
 
 # ---------------------------------------------------------------------------------------------------
@@ -415,9 +415,9 @@ def compile_module(
     )
     with torch.no_grad():
         for pname, mod in bindings.items():  # bind the user's own tensors (same objects, no copies)
-            net.integral.register_parameter(f"{pname}_weight", mod.weight)
+            net.integral.register_parameter(param_attribute(pname, "weight"), mod.weight)
             if mod.bias is not None:
-                net.integral.register_parameter(f"{pname}_bias", mod.bias)
+                net.integral.register_parameter(param_attribute(pname, "bias"), mod.bias)
     net.grad = type(net.grad).from_integral(net.integral)
     net.module_ref = module
     return net
