@@ -98,7 +98,8 @@ def _build_graph(spec: NetworkSpec) -> IRGraph:
             if ref not in spec.inputs:
                 deps.add_edge(ref, node.name)
     by_name = {n.name: n for n in spec.graph}
-    order = list(nx.lexicographical_topological_sort(deps, key=lambda n: [m.name for m in spec.graph].index(n)))
+    position = {m.name: k for k, m in enumerate(spec.graph)}
+    order = list(nx.lexicographical_topological_sort(deps, key=position.__getitem__))
     first_linear = _first_linears(spec)
     sine_w0 = _sine_w0_of_linears(spec)
     last = None
@@ -116,20 +117,17 @@ def _build_graph(spec: NetworkSpec) -> IRGraph:
 
 
 def _first_linears(spec: NetworkSpec) -> set[str]:
-    """Linear nodes with no linear node upstream (SIREN initialises them differently)."""
+    """Linear nodes with no linear node upstream (SIREN initialises them differently). One pass in
+    dependency order, no recursion (graphs may be thousands of nodes deep)."""
     by_name = {n.name: n for n in spec.graph}
-    memo: dict[str, bool] = {}
-
-    def has_linear_upstream(name: str) -> bool:
-        if name not in by_name:
-            return False
-        if name not in memo:
-            memo[name] = any(
-                (r in by_name and by_name[r].op == "linear") or has_linear_upstream(r) for r in by_name[name].inputs
-            )
-        return memo[name]
-
-    return {n.name for n in spec.graph if n.op == "linear" and not has_linear_upstream(n.name)}
+    deps = nx.DiGraph()
+    for n in spec.graph:
+        deps.add_node(n.name)
+        deps.add_edges_from((r, n.name) for r in n.inputs if r in by_name)
+    upstream: dict[str, bool] = {}  # has a linear node upstream
+    for name in nx.topological_sort(deps):
+        upstream[name] = any(by_name[r].op == "linear" or upstream[r] for r in by_name[name].inputs if r in by_name)
+    return {n.name for n in spec.graph if n.op == "linear" and not upstream[n.name]}
 
 
 def _sine_w0_of_linears(spec: NetworkSpec) -> dict[str, float]:

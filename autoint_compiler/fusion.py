@@ -12,6 +12,7 @@ serves all the layers of an MLP. Torch-free.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -102,8 +103,28 @@ def signature(g: IRGraph, region: Region) -> tuple:
     return body, tuple(pos[o] for o in region.outputs), region.rows
 
 
+def _depends(g: IRGraph, i: int, region: set[int], floor: int, level: dict[int, int], memo: dict[int, bool]) -> bool:
+    """Does node i read (transitively) a region node? A node at a level no higher than the region's
+    lowest cannot (a descendant's level is strictly larger), so the walk back stays local."""
+    stack, todo = [i], []
+    while stack:
+        n = stack.pop()
+        if n in region or memo.get(n):
+            return True
+        if level[n] <= floor or n in memo:
+            continue
+        todo.append(n)
+        stack.extend(g.inputs_of(n))
+    memo.update(dict.fromkeys(todo, False))
+    return False
+
+
 def find_regions(g: IRGraph) -> list[Region]:
-    """Fusion regions of two or more nodes, disjoint, in schedule order."""
+    """Fusion regions of two or more nodes, disjoint, in schedule order.
+
+    A region grows from its seed group through direct consumers only (a heap in schedule order), and
+    the "does this other input depend on the region?" test walks back only to the region's lowest
+    topological level, so the pass is near-linear in the graph size."""
     taken: set[int] = set()
     regions = []
     groups: dict[int, list[int]] = {}
@@ -111,29 +132,38 @@ def find_regions(g: IRGraph) -> list[Region]:
         if g.op(nid) == "pointwise" and g.nodes[nid]["batched"]:
             groups.setdefault(g.inputs_of(nid)[0], []).append(nid)
     outputs = set(g.graph["outputs"])
+    level: dict[int, int] = {}  # longest path from a leaf: a topological rank
+    for nid in g.order():
+        level[nid] = 1 + max((level[i] for i in g.inputs_of(nid)), default=0)
     for members in groups.values():
         if any(m in taken for m in members):
             continue
         region = set(members)
         width = g.width(members[0])
-        desc = set()
-        for m in members:
-            desc |= nx.descendants(g, m)
-        for nid in sorted(desc):
+        floor = min(level[m] for m in region)
+        memo: dict[int, bool] = {}  # stays valid as the region grows: new members depend on it
+
+        frontier = sorted({s for m in members for s in g.successors(m)})
+        heapq.heapify(frontier)
+        seen = set(frontier)
+        while frontier:
+            nid = heapq.heappop(frontier)
             if nid in region or nid in taken:
                 continue
             d = g.nodes[nid]
             if d["op"] not in ELEMENTWISE or d["width"] != width or not d["batched"]:
                 continue
             ins = d["inputs"]
-            if not any(i in region for i in ins):
-                continue
             if any(g.width(i) != width for i in ins):
                 continue
             # the other inputs must not depend on the region, or the fused unit would wait on itself
-            if any(i not in region and any(nx.has_path(g, r, i) for r in region) for i in ins):
+            if any(i not in region and _depends(g, i, region, floor, level, memo) for i in ins):
                 continue
             region.add(nid)
+            for s in g.successors(nid):
+                if s not in seen:
+                    seen.add(s)
+                    heapq.heappush(frontier, s)
         if len(region) < 2:
             continue
         nodes = tuple(sorted(region))
