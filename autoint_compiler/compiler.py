@@ -232,10 +232,46 @@ class CompiledNetwork:
     def integration_columns(self) -> list[int]:
         return list(self.program.integration_columns)
 
+    @property
+    def orders(self) -> dict[str, int]:
+        """Integration variable -> derivative order of the grad network (spec order)."""
+        return dict(self.program.orders)
+
+    def derivative(self, orders: dict[str, int]):
+        """The network ∂^orders Φ (componentwise at most ``self.orders``), sharing Φ's parameters:
+        all zeros is ``self.integral``, ``self.orders`` is ``self.grad``; others are compiled on first
+        use from the same IR and backend (the lower-order antiderivatives of f = ``self.grad``)."""
+        unknown = set(orders) - set(self.orders)
+        if unknown or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in orders.values()):
+            raise ValueError(f"orders must map integration variables {list(self.orders)} to integers >= 0, "
+                             f"got {orders}")
+        full = {v: orders.get(v, 0) for v in self.orders}
+        if any(full[v] > self.orders[v] for v in full):
+            raise ValueError(f"orders {full} exceed the grad network's {self.orders}")
+        key = tuple(full.items())
+        if not any(full.values()):
+            return self.integral
+        if full == self.orders:
+            return self.grad
+        cache = self.__dict__.setdefault("_derivatives", {})
+        if key not in cache:
+            wrt = [v for v, k in full.items() for _ in range(k)]
+            program = make_program(self.program.integral, name=f"{self.name}_d{''.join(f'{v}{k}' for v, k in key)}",
+                                   dtype=self.program.dtype, wrt=wrt)
+            cs = generate_source(program, self.backend)
+            module = load_module(cs.name, cs.source)
+            cache[key] = module.GradNet.from_integral(self.integral)
+        return cache[key]
+
     def integrate(self, lower, upper, x=None):
-        """∫ over the integration variables from ``lower`` to ``upper`` ([N, n_vars]); other inputs
-        from ``x`` ([N, D]). Uses Φ at the 2ⁿ corners (inclusion–exclusion)."""
-        return self.integral.integrate(lower, upper, x)
+        """∫ of f = ``self.grad`` over the box ``lower``..``upper`` ([N, n_vars], one column per distinct
+        integration variable); other inputs from ``x`` ([N, D]). Closed form: the antiderivative of
+        orders (k_i − 1) at the 2ⁿ corners (inclusion–exclusion); for order 1 that is Φ itself."""
+        if all(k == 1 for k in self.orders.values()):
+            return self.integral.integrate(lower, upper, x)
+        from .antiderivative import integrate
+
+        return integrate(self, lower, upper, x)
 
     def compile_pointwise(self, **options) -> "CompiledNetwork":
         """Run the grad network's fused elementwise regions as ``torch.compile``d kernels, GEMMs eager

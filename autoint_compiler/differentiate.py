@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .errors import CompileError
 from .ir import Builder, IRGraph
-from .ops import rule_for
+from .ops import OPS, rule_for
 from .passes import dce, rebuild
 
 
@@ -53,11 +53,78 @@ def title(wrt: list[str]) -> str:
     return "d" + (f"^{len(wrt)}" if len(wrt) > 1 else "") + " Phi / " + den
 
 
+#: the largest grad graph the compiler builds (nodes); over it, a CompileError says what to reduce
+MAX_GRAD_NODES = 60_000
+
+
+class _Coefficients:
+    """``T[n]`` = the j-th derivative coefficient of node n: the tangent map a JVP rule expects."""
+
+    def __init__(self, D: dict[int, list], j: int):
+        self.D, self.j = D, j
+
+    def __getitem__(self, n: int):
+        return self.D[n][self.j]
+
+
+def derive_jet(g: IRGraph, var: str, k: int) -> IRGraph:
+    """∂^k Φ / ∂var^k in one Taylor-mode pass: every node carries its derivatives of orders 1..k.
+    Ops linear in their inputs map each order through their own JVP rule; ``mul`` uses Leibniz and
+    pointwise functions and ``posenc`` Faà di Bruno (``ops.defjet``). The graph grows with the number
+    of integer partitions of k per nonlinear node, not exponentially as k nested passes would."""
+    if var not in g.graph["inputs"]:
+        raise CompileError(f"cannot differentiate along {var!r}: not an input of graph {g.graph.get('name')}")
+    out = rebuild(g)
+    b = Builder(out)
+    D: dict[int, list] = {}
+    for nid in list(out.order()):
+        d = out.nodes[nid]
+        op = OPS[d["op"]]
+        row: list = [nid] + [None] * k
+        if d["op"] == "input":
+            if d["attrs"]["name"] == var:
+                row[1] = b.const([1.0])
+        else:
+            for j in range(1, k + 1):
+                if op.linear:
+                    t = rule_for(d["op"])(b, nid, _Coefficients(D, j))
+                elif op.jet is not None:
+                    t = op.jet(b, nid, D, j)
+                else:
+                    raise CompileError(f"no Taylor-mode rule for op {d['op']!r}: add one with @defjet in ops.py")
+                if t is not None and out.width(t) != d["width"]:
+                    t = b.expand(t, d["width"])
+                row[j] = t
+        D[nid] = row
+    out.graph["outputs"] = [D[o][k] if D[o][k] is not None else b.const([0.0] * out.width(o))
+                            for o in out.graph["outputs"]]
+    wrt = list(g.graph.get("wrt", [])) + [var] * k
+    base = g.graph.get("base_name", g.graph.get("name", "graph"))
+    out.graph.update(wrt=wrt, base_name=base, name=f"{base}.grad", title=title(wrt))
+    return dce(out)
+
+
+def orders_of(wrt) -> dict[str, int]:
+    """``[t, t, y]`` -> ``{t: 2, y: 1}`` (first-appearance order)."""
+    out: dict[str, int] = {}
+    for v in wrt:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
 def derive(g: IRGraph, wrt: list[str]) -> IRGraph:
-    """∂^k Φ / ∂wrt[0] ... ∂wrt[k-1]: a variable listed twice is differentiated twice."""
+    """∂^k Φ / ∂wrt[0] ... ∂wrt[k-1]: a variable listed twice is differentiated twice. Each variable's
+    derivatives are taken together (order 1: one forward-mode pass; higher: one Taylor-mode pass)."""
     wrt = list(wrt)
     if not wrt:
         raise CompileError("derive needs at least one integration variable")
-    for var in wrt:
-        g = derive_once(g, var)
+    for var, k in orders_of(wrt).items():
+        g = derive_once(g, var) if k == 1 else derive_jet(g, var, k)
+        if g.number_of_nodes() > MAX_GRAD_NODES:
+            raise CompileError(
+                f"the grad graph of {g.graph.get('base_name', 'the network')} along {wrt} has "
+                f"{g.number_of_nodes()} nodes after differentiating along {var!r}, over the budget of "
+                f"{MAX_GRAD_NODES} (compile time and memory grow with it): use fewer layers, fewer "
+                "integration variables or a lower order"
+            )
     return g

@@ -26,6 +26,9 @@ from .ops import OPS
 #: ops a region may absorb beyond its seed group (pointwise nodes only seed regions, so that every
 #: pointwise group is either wholly inside one region or wholly outside)
 ELEMENTWISE = _ELEMENTWISE_OPS - {"pointwise"}
+#: a region stops growing here: its backward is derived symbolically, whose cost grows fast with size
+#: (higher-order grad networks have long elementwise chains); the rest stays unfused ops
+MAX_REGION_NODES = 12
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def _readable(expr: sp.Expr, symbols) -> sp.Expr:
     factors are expanded (functions stay atoms), so no stable form is rewritten into an unstable one."""
 
     def tidy(e):
-        if isinstance(e, sp.Add) and len(e.args) <= 8:
+        if isinstance(e, sp.Add) and len(e.args) <= 8 and sp.count_ops(e) <= 40:
             c = sp.collect(sp.expand(e), list(symbols))
             return c if sp.count_ops(c) <= sp.count_ops(e) else e
         return e
@@ -146,7 +149,7 @@ def find_regions(g: IRGraph) -> list[Region]:
         frontier = sorted({s for m in members for s in g.successors(m)})
         heapq.heapify(frontier)
         seen = set(frontier)
-        while frontier:
+        while frontier and len(region) < MAX_REGION_NODES:
             nid = heapq.heappop(frontier)
             if nid in region or nid in taken:
                 continue

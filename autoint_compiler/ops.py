@@ -14,6 +14,7 @@ See ``docs/ARCHITECTURE.md`` for the recipe to add an op. Torch-free.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -45,6 +46,10 @@ class OpDef:
     elementwise: Callable[[list[sp.Expr], dict], sp.Expr] | None = None  # meaning on scalars
     printed: Callable[[dict, str], str] | None = None  # the whole printed form, where not op[show](args)
     jvp: Rule | None = None
+    # higher orders (Taylor mode, differentiate.derive_jet): an op linear in its inputs maps the j-th
+    # coefficients through its own JVP rule; a nonlinear one has a jet rule (Leibniz, Faà di Bruno)
+    linear: bool = True
+    jet: Callable | None = None
 
     def describe(self, attrs: dict, args: str, g) -> str:
         if self.printed is not None:
@@ -57,9 +62,28 @@ OPS: dict[str, OpDef] = {}
 
 
 def defop(
-    name: str, arity: int | None, attrs: tuple[str, ...], width, doc: str, show=None, elementwise=None, printed=None
+    name: str,
+    arity: int | None,
+    attrs: tuple[str, ...],
+    width,
+    doc: str,
+    show=None,
+    elementwise=None,
+    printed=None,
+    linear: bool = True,
 ):
-    OPS[name] = OpDef(name, arity, attrs, width, doc, show, elementwise, printed)
+    OPS[name] = OpDef(name, arity, attrs, width, doc, show, elementwise, printed, linear=linear)
+
+
+def defjet(name: str):
+    """Attach the Taylor-mode rule of a nonlinear op (decorator): ``rule(b, nid, D, j)`` returns the
+    j-th derivative coefficient, ``D[n][i]`` being node n's i-th (``None``: identically zero)."""
+
+    def register(rule):
+        OPS[name] = OpDef(**{**OPS[name].__dict__, "jet": rule})
+        return rule
+
+    return register
 
 
 def defjvp(name: str):
@@ -210,7 +234,10 @@ defop(
     elementwise=lambda u, a: u[0] + u[1],
 )
 defop("sub", 2, (), lambda w, a: _broadcast("sub", w), "a - b", elementwise=lambda u, a: u[0] - u[1])
-defop("mul", 2, (), lambda w, a: _broadcast("mul", w), "a * b (Hadamard)", elementwise=lambda u, a: u[0] * u[1])
+defop(
+    "mul", 2, (), lambda w, a: _broadcast("mul", w), "a * b (Hadamard)", elementwise=lambda u, a: u[0] * u[1],
+    linear=False,
+)
 defop("neg", 1, (), lambda w, a: w[0], "-a", elementwise=lambda u, a: -u[0])
 defop(
     "scale",
@@ -270,6 +297,7 @@ defop(
     "an elementwise function (a sympy expression of x)",
     elementwise=lambda u, a: a["fn"].expr.subs(activations.x, u[0]),
     printed=lambda a, args: f"{a['fn'].label}({args})",
+    linear=False,
 )
 
 
@@ -355,6 +383,7 @@ defop(
     lambda w, a: w[0] * (int(a["include_input"]) + 2 * len(a["freqs"])),
     "[a?, sin(a*f0), sin(a*f1).., cos(a*f0)..] (frequency-major blocks)",
     show=lambda a, g: f"{_freqs(a)}, include_input={a['include_input']}",
+    linear=False,
 )
 
 
@@ -374,6 +403,104 @@ def _posenc(b, nid, T):
     ft = b.fscale(t, a["freqs"])
     parts = [t] if a["include_input"] else []
     parts += [b.mul(cos_block, ft), b.neg(b.mul(sin_block, ft))]
+    return b.concat(parts)
+
+
+# --- Taylor-mode rules of the nonlinear ops ------------------------------------------------------------
+
+
+@defjet("mul")
+def _mul_jet(b, nid, D, j):
+    # Leibniz: (x y)^(j) = sum_i C(j, i) x^(i) y^(j-i)
+    x, y = b.g.inputs_of(nid)
+    terms = []
+    for i in range(j + 1):
+        p, q = D[x][i], D[y][j - i]
+        if p is not None and q is not None:
+            terms.append(b.scale(b.mul(p, q), math.comb(j, i)))
+    return b.add_all(terms) if terms else None
+
+
+def faa_di_bruno(b, j: int, fprime, du) -> Optional[int]:
+    """(f∘u)^(j) = sum over integer partitions of j of  j!/prod(m_i! i!^m_i) f^(sum m_i)(u) prod (u^(i))^m_i.
+    ``fprime(m)``: the node of f^(m)(u) (``None``: zero); ``du[i]``: u^(i) for i = 1..j."""
+    terms = []
+    for parts in _partitions(j):
+        counts: dict[int, int] = {}
+        for p in parts:
+            counts[p] = counts.get(p, 0) + 1
+        if any(du[i] is None for i in counts):
+            continue
+        f = fprime(len(parts))
+        if f is None:
+            continue
+        coeff = math.factorial(j)
+        for i, m in counts.items():
+            coeff //= math.factorial(m) * math.factorial(i) ** m
+        term = f
+        for i in sorted(counts):
+            for _ in range(counts[i]):
+                term = b.mul(term, du[i])
+        terms.append(b.scale(term, coeff))
+    return b.add_all(terms) if terms else None
+
+
+def _partitions(n: int, largest: int | None = None):
+    """Integer partitions of n as non-increasing tuples."""
+    largest = n if largest is None else largest
+    if n == 0:
+        yield ()
+        return
+    for first in range(min(n, largest), 0, -1):
+        for rest in _partitions(n - first, first):
+            yield (first,) + rest
+
+
+@defjet("pointwise")
+def _pointwise_jet(b, nid, D, j):
+    (a,) = b.g.inputs_of(nid)
+    chain = [b.g.attrs(nid)["fn"]]
+
+    def fprime(m):
+        while len(chain) <= m and chain[-1] is not None:
+            chain.append(activations.derivative(chain[-1]))
+        f = chain[m] if m < len(chain) else None
+        if f is None:
+            return None
+        if f.expr.is_number:
+            return b.const([float(f.expr)] * b.g.width(a))
+        return b.pointwise(a, f)
+
+    return faa_di_bruno(b, j, fprime, D[a])
+
+
+@defjet("posenc")
+def _posenc_jet(b, nid, D, j):
+    # blocks sin(u), cos(u) of u = F a: sin^(m)(u) is (sin, cos, -sin, -cos)[m % 4], slices of the node
+    (a,) = b.g.inputs_of(nid)
+    attrs = b.g.attrs(nid)
+    w = b.g.width(a)
+    k = len(attrs["freqs"]) * w
+    off = w if attrs["include_input"] else 0
+    sin_block, cos_block = b.slice(nid, off, off + k), b.slice(nid, off + k, off + 2 * k)
+    du = [None] + [None if D[a][i] is None else b.fscale(D[a][i], attrs["freqs"]) for i in range(1, j + 1)]
+
+    def cycle(start: int):
+        def fprime(m):  # the m-th derivative of sin (start 0) or cos (start 1): sin, cos, -sin, -cos
+            phase = (start + m) % 4
+            block = (sin_block, cos_block)[phase % 2]
+            return block if phase < 2 else b.neg(block)
+
+        return fprime
+
+    parts = []
+    if attrs["include_input"]:
+        parts.append(D[a][j] if D[a][j] is not None else b.const([0.0] * w))
+    for start in (0, 1):
+        t = faa_di_bruno(b, j, cycle(start), du)
+        parts.append(b.const([0.0] * k) if t is None else t)
+    if all(b.cval(p) is not None for p in parts):
+        return None
     return b.concat(parts)
 
 

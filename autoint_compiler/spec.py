@@ -162,10 +162,14 @@ class GraphNode(BaseModel):
     inputs: list[str] = Field(default_factory=list, alias="in")
 
 
+#: total derivative order of the grad network (over at most this many distinct variables)
+MAX_TOTAL_ORDER = 6
+
+
 class NetworkSpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     inputs: dict[str, int] = Field(min_length=1)
-    integrate: list[str] = Field(min_length=1, max_length=3)
+    integrate: list[str] = Field(min_length=1, max_length=MAX_TOTAL_ORDER)
     output: int | None = Field(default=None, ge=1, le=65536)
     mlp: MLPSpec | None = None
     graph: list[GraphNode] | None = None
@@ -173,6 +177,30 @@ class NetworkSpec(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     init: Literal["default", "siren", "xavier"] = "default"
     seed: int | None = None
+
+    @field_validator("integrate", mode="before")
+    @classmethod
+    def _expand_orders(cls, v: Any) -> Any:
+        """``{t: 2, y: 1}`` is ``[t, t, y]``: the canonical, stored form lists each variable once per
+        derivative (the order of the mixed partial does not matter for smooth networks)."""
+        if not isinstance(v, dict):
+            return v
+        out: list = []
+        for name, k in v.items():
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOTAL_ORDER:
+                raise ValueError(f"order of {name!r} must be an integer from 1 to {MAX_TOTAL_ORDER}, got {k!r}")
+            out += [name] * k
+        if len(out) > MAX_TOTAL_ORDER:
+            raise ValueError(f"total order {len(out)} is more than {MAX_TOTAL_ORDER}")
+        return out
+
+    @property
+    def orders(self) -> dict[str, int]:
+        """Integration variable -> order, in first-appearance order."""
+        out: dict[str, int] = {}
+        for n in self.integrate:
+            out[n] = out.get(n, 0) + 1
+        return out
 
     @property
     def ident(self) -> str:
@@ -193,7 +221,7 @@ class NetworkSpec(_Strict):
 
     @property
     def integration_columns(self) -> list[int]:
-        return [self.column_of(n)[0] for n in self.integrate]
+        return [self.column_of(n)[0] for n in self.orders]
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
@@ -402,14 +430,14 @@ def _semantic_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
             problems.append((f"inputs.{name}", f"expected a dimension between 1 and 4096, got {dim}"))
     seen = set()
     for i, var in enumerate(spec.integrate):
+        if var in seen:  # a repeated variable is a higher order (integrate: [t, t] = {t: 2})
+            continue
+        seen.add(var)
         if var not in spec.inputs:
             expected = ", ".join(spec.inputs)
             problems.append((f"integrate[{i}]", f"unknown input {var!r}; expected one of: {expected}"))
         elif spec.inputs[var] != 1:
             problems.append((f"integrate[{i}]", f"input {var!r} has dimension {spec.inputs[var]}; expected 1"))
-        if var in seen:
-            problems.append((f"integrate[{i}]", f"{var!r} is listed twice"))
-        seen.add(var)
     if (spec.mlp is None) == (spec.graph is None):
         problems.append(("", "expected exactly one of 'mlp' or 'graph'"))
         return problems
