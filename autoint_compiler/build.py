@@ -9,7 +9,7 @@ from typing import Any
 import networkx as nx
 
 from . import activations
-from .errors import CompileError
+from .errors import CompileError, SpecError
 from .ir import Builder, IRGraph, ParamInfo
 from .passes import dce
 from .spec import FormulaActivation, NetworkSpec, node_attrs
@@ -113,6 +113,11 @@ def _build_graph(spec: NetworkSpec) -> IRGraph:
         except CompileError as exc:
             raise CompileError(f"graph node {node.name!r} (op {node.op}): {exc}") from None
     g.graph["outputs"] = [env[spec.graph[-1].name] if last is not None else last]
+    width = g.width(g.graph["outputs"][0])
+    if spec.output is not None and spec.output != width:  # `output` may state the width, and must match
+        last = spec.graph[-1].name
+        msg = f"expected {width}, the width of the last graph node {last!r} (or leave 'output' out), got {spec.output}"
+        raise SpecError(spec.source, [("output", msg)])
     return g
 
 

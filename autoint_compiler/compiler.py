@@ -68,7 +68,7 @@ def program_from_spec(spec: Any) -> tuple[Program, NetworkSpec]:
         dtype=spec.dtype,
         wrt=spec.integrate,
         seed=spec.seed,
-        source=str(spec.source) if getattr(spec, "source", None) else "<spec>",
+        source=spec.source,
     )
     return program, spec
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 
 import networkx as nx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .activations import ACTIVATIONS, FormulaError, parse_formula
 from .errors import SpecError
@@ -25,9 +25,6 @@ from .names import is_identifier, safe_identifier
 # ---------------------------------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------------------------------
-
-PositiveInt = int
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -177,6 +174,11 @@ class NetworkSpec(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     init: Literal["default", "siren", "xavier"] = "default"
     seed: int | None = None
+    _source: str = PrivateAttr(default="<dict>")  # where it was read from, for errors found later
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @field_validator("integrate", mode="before")
     @classmethod
@@ -304,6 +306,7 @@ def validate(data: Any, source: str = "<dict>") -> NetworkSpec:
     problems = _semantic_problems(spec)
     if problems:
         raise SpecError(source, problems)
+    spec._source = source
     return spec
 
 
@@ -537,8 +540,6 @@ def _graph_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
     for var in spec.integrate:
         if var not in used_inputs:
             problems.append(("integrate", f"integration variable {var!r} is not used by any graph node"))
-    if spec.output is not None:
-        problems.append(("output", "not used with 'graph' (the last node's width is the output)"))
     return problems
 
 
