@@ -1,35 +1,19 @@
-"""Print sympy expressions of pointwise functions as PyTorch source (strings only: no torch import).
+"""Print sympy expressions of pointwise functions as source text (strings only: no torch import).
 
-Deterministic (ordered terms and factors), precedence-aware, with numeric subexpressions folded to
-float literals. ``print_group`` prints several expressions of the same variable at once, sharing
-common subexpressions through ``sympy.cse``.
+``TablePrinter`` is a sympy printer driven by per-target tables; ``TorchPrinter`` is PyTorch's table
+(a Triton printer is another subclass). Deterministic (ordered terms and factors), precedence-aware,
+with numeric subexpressions folded to float literals. ``print_group`` prints several expressions of
+the same variable at once, sharing common subexpressions through ``sympy.cse``; ``split_long`` lays a
+long assignment out over several lines.
 """
 
 from __future__ import annotations
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from .. import activations as A
 from ..errors import CompileError
-
-FUNCTIONS = {
-    sp.sin: "torch.sin",
-    sp.cos: "torch.cos",
-    sp.tan: "torch.tan",
-    sp.exp: "torch.exp",
-    sp.log: "torch.log",
-    sp.tanh: "torch.tanh",
-    sp.sinh: "torch.sinh",
-    sp.cosh: "torch.cosh",
-    sp.atan: "torch.atan",
-    sp.erf: "torch.erf",
-    sp.Abs: "torch.abs",
-    sp.sign: "torch.sign",
-    A.sigmoid: "torch.sigmoid",
-    A.softplus: "F.softplus",
-    A.relu: "torch.relu",
-    A.ndtr: "torch.special.ndtr",
-}
 
 #: fused library primals (activation table's ``library`` hint) -> call template
 LIBRARY = {
@@ -43,6 +27,13 @@ LIBRARY = {
     "selu": "F.selu({x})",
 }
 
+#: activations whose JVP  t * f'(x)  is one aten kernel (the kernels autograd itself uses for f)
+LIBRARY_JVP = {
+    "silu": "torch.ops.aten.silu_backward({t}, {x})",
+    "gelu": "torch.ops.aten.gelu_backward({t}, {x})",
+    "softplus": "torch.ops.aten.softplus_backward({t}, {x}, 1.0, 20.0)",
+}
+
 _PREC_ADD, _PREC_MUL, _PREC_NEG, _PREC_POW, _PREC_ATOM = 1, 2, 3, 4, 5
 
 
@@ -51,97 +42,139 @@ def _float(v) -> str:
     return repr(int(f)) if f.is_integer() and abs(f) < 1e15 else repr(f)
 
 
-def to_torch(expr: sp.Expr, names: dict[sp.Symbol, str]) -> str:
-    return _p(expr, names)[0]
+class TablePrinter(StrPrinter):
+    """A sympy printer for elementwise code, driven by tables: a target is a subclass that sets
+    ``FUNCTIONS`` (sympy function class -> callable), ``SQRT``, ``EXP``, ``STEP``, ``EXPM1_NEG`` and
+    ``JVP`` (fused ``t * f'(x)`` kernels), so a new backend adds a table, not a printer.
 
+    Deterministic (lexicographically ordered terms and factors), precedence-aware (each piece knows
+    its precedence, parentheses come from structure), numbers as float literals; symbols print as
+    the names given in ``names``."""
 
-def _p(e: sp.Expr, names) -> tuple[str, int]:
-    if e.is_Symbol:
-        if e not in names:
-            raise CompileError(f"unbound symbol {e} in a pointwise expression")
-        return names[e], _PREC_ATOM
-    if e.is_number:
-        v = complex(e.evalf(17))
-        if v.imag != 0:
-            raise CompileError(f"complex constant {e} in a pointwise expression")
-        s = _float(v.real)
-        return s, (_PREC_NEG if s.startswith("-") else _PREC_ATOM)
-    if isinstance(e, sp.Add):
-        terms = e.as_ordered_terms()
-        out = _p(terms[0], names)
-        text = out[0]
-        for t in terms[1:]:
-            coeff, rest = t.as_coeff_Mul()
+    FUNCTIONS: dict = {}
+    SQRT = "sqrt({})"
+    EXP = "exp({})"
+    STEP = "step({})"
+    EXPM1_NEG = "expm1_neg({})"
+    JVP: dict[str, str] = {}
+    TARGET = "generic"
+
+    def __init__(self, names: dict[sp.Symbol, str]):
+        super().__init__({"order": "lex"})
+        self.names = dict(names)
+
+    def doprint(self, expr) -> str:
+        return self.code(expr)[0]
+
+    def wrap(self, e, prec: int) -> str:
+        s, p = self.code(e)
+        return s if p >= prec else f"({s})"
+
+    def code(self, e: sp.Expr) -> tuple[str, int]:  # noqa: C901 - one case per expression kind
+        if e.is_Symbol:
+            if e not in self.names:
+                raise CompileError(f"unbound symbol {e} in a pointwise expression")
+            return self.names[e], _PREC_ATOM
+        if e.is_number:
+            v = complex(e.evalf(17))
+            if v.imag != 0:
+                raise CompileError(f"complex constant {e} in a pointwise expression")
+            s = _float(v.real)
+            return s, (_PREC_NEG if s.startswith("-") else _PREC_ATOM)
+        if isinstance(e, sp.Add):
+            terms = e.as_ordered_terms()
+            text = self.code(terms[0])[0]
+            for t in terms[1:]:
+                coeff, _ = t.as_coeff_Mul()
+                sign, t = (" - ", -t) if coeff.is_negative else (" + ", t)
+                s, prec = self.code(t)
+                text += sign + (s if prec > _PREC_ADD else f"({s})")
+            return text, _PREC_ADD
+        if isinstance(e, sp.Mul):
+            coeff, _ = e.as_coeff_Mul()
             if coeff.is_negative:
-                s, prec = _p(-t, names)
-                text += " - " + (s if prec > _PREC_ADD else f"({s})")
-            else:
-                s, prec = _p(t, names)
-                text += " + " + (s if prec > _PREC_ADD else f"({s})")
-        return text, _PREC_ADD
-    if isinstance(e, sp.Mul):
-        coeff, rest = e.as_coeff_Mul()
-        if coeff.is_negative:
-            s, prec = _p(-e, names)  # -(a * b) prints as -a * b: same value, fewer parentheses
-            return "-" + (s if prec >= _PREC_MUL else f"({s})"), _PREC_NEG
-        num, den = [], []
-        for f in e.as_ordered_factors():
-            if isinstance(f, sp.Pow) and f.exp.is_number and f.exp.is_negative:
-                den.append(f.base ** (-f.exp))
-            elif f.is_Rational and f.q != 1:
-                if f.p != 1:
-                    num.append(sp.Integer(f.p))
-                den.append(sp.Integer(f.q))
-            else:
-                num.append(f)
-        text = " * ".join(_wrap(f, names, _PREC_MUL) for f in num) if num else "1"
-        for d in den:
-            text += " / " + _wrap(d, names, _PREC_POW)
-        return text, _PREC_MUL
-    if isinstance(e, sp.Pow):
-        base, ex = e.base, e.exp
-        if ex == sp.Rational(1, 2):
-            return f"torch.sqrt({_p(base, names)[0]})", _PREC_ATOM
-        if ex.is_number and ex.is_negative:
-            return f"1 / {_wrap(base ** (-ex), names, _PREC_POW)}", _PREC_MUL
-        if ex == 2 and base.is_Symbol:
-            s = _p(base, names)[0]
-            return f"{s} * {s}", _PREC_MUL
-        if base == sp.E:
-            return f"torch.exp({_p(ex, names)[0]})", _PREC_ATOM
-        return f"{_wrap(base, names, _PREC_POW + 1)} ** {_wrap(ex, names, _PREC_POW + 1)}", _PREC_POW
-    if isinstance(e, A.expm1_neg):
-        return f"torch.expm1(torch.clamp({_p(e.args[0], names)[0]}, max=0))", _PREC_ATOM
-    if isinstance(e, A.step):
-        s = _p(e.args[0], names)[0]
-        return f"({s} > 0).to({_dtype_source(e.args[0], names)}.dtype)", _PREC_ATOM
-    jvp = _jvp_template(e)
-    if jvp is not None:
-        return jvp, _PREC_ATOM
-    fn = FUNCTIONS.get(type(e))
-    if fn is None:
-        raise CompileError(f"no PyTorch printing rule for sympy function {type(e).__name__}")
-    return f"{fn}({', '.join(_p(a, names)[0] for a in e.args)})", _PREC_ATOM
+                s, prec = self.code(-e)  # -(a * b) prints as -a * b: same value, fewer parentheses
+                return "-" + (s if prec >= _PREC_MUL else f"({s})"), _PREC_NEG
+            num, den = [], []
+            for f in e.as_ordered_factors():
+                if isinstance(f, sp.Pow) and f.exp.is_number and f.exp.is_negative:
+                    den.append(f.base ** (-f.exp))
+                elif f.is_Rational and f.q != 1:
+                    if f.p != 1:
+                        num.append(sp.Integer(f.p))
+                    den.append(sp.Integer(f.q))
+                else:
+                    num.append(f)
+            text = " * ".join(self.wrap(f, _PREC_MUL) for f in num) if num else "1"
+            for d in den:
+                text += " / " + self.wrap(d, _PREC_POW)
+            return text, _PREC_MUL
+        if isinstance(e, sp.Pow):
+            base, ex = e.base, e.exp
+            if ex == sp.Rational(1, 2):
+                return self.SQRT.format(self.code(base)[0]), _PREC_ATOM
+            if ex.is_number and ex.is_negative:
+                return f"1 / {self.wrap(base ** (-ex), _PREC_POW)}", _PREC_MUL
+            if ex == 2 and base.is_Symbol:
+                s = self.code(base)[0]
+                return f"{s} * {s}", _PREC_MUL
+            if base == sp.E:
+                return self.EXP.format(self.code(ex)[0]), _PREC_ATOM
+            return self.power(base, ex), _PREC_POW
+        if isinstance(e, A.expm1_neg):
+            return self.EXPM1_NEG.format(self.code(e.args[0])[0]), _PREC_ATOM
+        if isinstance(e, A.step):
+            return self.step(e.args[0]), _PREC_ATOM
+        name = type(e).__name__
+        if name.endswith("_jvp") and name[:-4] in self.JVP:
+            t, z = e.args
+            return self.JVP[name[:-4]].format(t=str(t), x=str(z)), _PREC_ATOM
+        fn = self.FUNCTIONS.get(type(e))
+        if fn is None:
+            raise CompileError(f"no {self.TARGET} printing rule for sympy function {type(e).__name__}")
+        return f"{fn}({', '.join(self.code(a)[0] for a in e.args)})", _PREC_ATOM
+
+    def power(self, base, ex) -> str:
+        return f"{self.wrap(base, _PREC_POW + 1)} ** {self.wrap(ex, _PREC_POW + 1)}"
+
+    def step(self, arg) -> str:
+        return self.STEP.format(self.code(arg)[0])
 
 
-def _jvp_template(e) -> str | None:
-    from .torch_backend import LIBRARY_JVP  # the backend owns its kernel table
+class TorchPrinter(TablePrinter):
+    """PyTorch: ``torch.*``/``F.*`` calls and aten's fused JVP kernels."""
 
-    name = type(e).__name__
-    if name.endswith("_jvp") and name[:-4] in LIBRARY_JVP:
-        t, z = e.args
-        return LIBRARY_JVP[name[:-4]].format(t=str(t), x=str(z))
-    return None
+    TARGET = "PyTorch"
+    FUNCTIONS = {
+        sp.sin: "torch.sin",
+        sp.cos: "torch.cos",
+        sp.tan: "torch.tan",
+        sp.exp: "torch.exp",
+        sp.log: "torch.log",
+        sp.tanh: "torch.tanh",
+        sp.sinh: "torch.sinh",
+        sp.cosh: "torch.cosh",
+        sp.atan: "torch.atan",
+        sp.erf: "torch.erf",
+        sp.Abs: "torch.abs",
+        sp.sign: "torch.sign",
+        A.sigmoid: "torch.sigmoid",
+        A.softplus: "F.softplus",
+        A.relu: "torch.relu",
+        A.ndtr: "torch.special.ndtr",
+    }
+    SQRT = "torch.sqrt({})"
+    EXP = "torch.exp({})"
+    EXPM1_NEG = "torch.expm1(torch.clamp({}, max=0))"
+    JVP = LIBRARY_JVP
+
+    def step(self, arg) -> str:
+        source = self.names[sorted(arg.free_symbols, key=str)[0]]  # the dtype of an input tensor
+        return f"({self.code(arg)[0]} > 0).to({source}.dtype)"
 
 
-def _dtype_source(e: sp.Expr, names) -> str:
-    sym = sorted(e.free_symbols, key=str)[0]
-    return names[sym]
-
-
-def _wrap(e, names, prec: int) -> str:
-    s, p = _p(e, names)
-    return s if p >= prec else f"({s})"
+def to_torch(expr: sp.Expr, names: dict[sp.Symbol, str]) -> str:
+    return TorchPrinter(names).doprint(expr)
 
 
 def _cse(exprs: list[sp.Expr], prefix: str):
@@ -254,12 +287,12 @@ def _layout(code: str, indent: int, limit: int, prefix: str = "", suffix: str = 
     return [f"{pad}{prefix}{code}{suffix}"]
 
 
-def print_exprs(exprs: list[sp.Expr], names: dict[sp.Symbol, str], prefix: str):
+def print_exprs(exprs: list[sp.Expr], names: dict[sp.Symbol, str], prefix: str, printer=TorchPrinter):
     """Print expressions over named symbols, sharing subexpressions: ``([(temp, code)], [code])``."""
-    names = dict(names)
+    p = printer(names)
     replacements, reduced = _cse(exprs, prefix)
     temps = []
     for sym, sub in replacements:
-        temps.append((str(sym), to_torch(sub, names)))
-        names[sym] = str(sym)
-    return temps, [to_torch(r, names) for r in reduced]
+        temps.append((str(sym), p.doprint(sub)))
+        p.names[sym] = str(sym)
+    return temps, [p.doprint(r) for r in reduced]

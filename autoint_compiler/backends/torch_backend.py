@@ -80,12 +80,7 @@ class Emitted:
     result: str = ""
 
 
-#: activations whose JVP  t * f'(x)  is one aten kernel (the kernels autograd itself uses for f)
-LIBRARY_JVP = {
-    "silu": "torch.ops.aten.silu_backward({t}, {x})",
-    "gelu": "torch.ops.aten.gelu_backward({t}, {x})",
-    "softplus": "torch.ops.aten.softplus_backward({t}, {x}, 1.0, 20.0)",
-}
+LIBRARY_JVP = sympy_print.LIBRARY_JVP
 _JVP_FUNCTIONS = {name: type(f"{name}_jvp", (sp.Function,), {}) for name in LIBRARY_JVP}
 
 
