@@ -184,7 +184,7 @@ def plan_graph(g: IRGraph, stack: bool = True) -> GraphPlan:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _tile_lines(exprs, names, targets, indent="    ") -> list[str]:
+def _tile_lines(exprs, names, targets, dtype: str, indent="    ") -> list[str]:
     """``target = expr`` lines (shared temporaries first); a constant becomes a full tile."""
     todo = [j for j, e in enumerate(exprs) if not (isinstance(e, sp.Expr) and e.is_number)]
     temps, codes = triton_print.print_exprs([exprs[j] for j in todo], names, "t")
@@ -194,7 +194,7 @@ def _tile_lines(exprs, names, targets, indent="    ") -> list[str]:
         if j in code:
             lines.append(f"{indent}{target} = {code[j]}")
         else:
-            lines.append(f"{indent}{target} = tl.full((BLOCK_M, BLOCK_N), {_f(exprs[j])}, tl.float32)")
+            lines.append(f"{indent}{target} = tl.full((BLOCK_M, BLOCK_N), {_f(exprs[j])}, {dtype})")
     return lines
 
 
@@ -235,7 +235,7 @@ def unit_kernels(name: str, g: IRGraph, region: fusion.Region) -> UnitKernels:
     lines += _signature(f"{name}_fwd", uargs + oargs + ["M", "N", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"])
     lines += [head, head2, "    mask = (rm < M) & (rn < N)"]
     lines += [_load(f"u{k}", f"U{k}", f"su{k}m", f"su{k}n") for k in range(n_in)]
-    lines += _tile_lines(outs, names, [f"o{j}" for j in range(n_out)])
+    lines += _tile_lines(outs, names, [f"o{j}" for j in range(n_out)], "O0.dtype.element_ty")
     lines += [f"    tl.store(O{j} + rm * N + rn, o{j}, mask=mask)" for j in range(n_out)]
     lines += ["", ""]
     gargs = [f"G{j}, sg{j}m, sg{j}n" for j in range(n_out)]
@@ -248,7 +248,7 @@ def unit_kernels(name: str, g: IRGraph, region: fusion.Region) -> UnitKernels:
     used = set().union(*(grads[k].free_symbols for k in live)) if live else set()
     lines += [_load(f"u{k}", f"U{k}", f"su{k}m", f"su{k}n") for k in range(n_in) if us[k] in used]
     lines += [_load(f"g{j}", f"G{j}", f"sg{j}m", f"sg{j}n") for j in range(n_out) if gs[j] in used]
-    lines += _tile_lines([grads[k] for k in live], names, [f"d{k}" for k in live])
+    lines += _tile_lines([grads[k] for k in live], names, [f"d{k}" for k in live], "U0.dtype.element_ty")
     lines += [f"    tl.store(D{k} + rm * N + rn, d{k}, mask=mask)" for k in live]
     if not live:
         lines.append("    pass")
@@ -323,7 +323,7 @@ def layer_kernel(name: str, chains: int, bias: tuple[bool, ...], unit: UnitKerne
         for q, p in enumerate(extras):
             names[us[p]] = f"e{q}"
             lines.append(_load(f"e{q}", f"E{q}", f"se{q}m", f"se{q}n"))
-        lines += _tile_lines(unit.outputs, names, [f"o{j}" for j in range(unit.n_out)])
+        lines += _tile_lines(unit.outputs, names, [f"o{j}" for j in range(unit.n_out)], "W.dtype.element_ty")
         lines += [f"    tl.store(O{j} + rm * N + rn, o{j}, mask=mask)" for j in range(unit.n_out)]
     lk.lines = lines
     return lk

@@ -75,8 +75,8 @@ HELPERS: tuple[tuple[str, str], ...] = (
     return tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x)))""",
     ),
     ("_relu", "def _relu(x):\n    return tl.maximum(x, 0.0)"),
-    ("_step", "def _step(x):\n    return tl.where(x > 0.0, 1.0, 0.0)"),
-    ("_sign", "def _sign(x):\n    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, 0.0))"),
+    ("_step", "def _step(x):\n    return tl.where(x > 0.0, 1.0, 0.0).to(x.dtype)"),
+    ("_sign", "def _sign(x):\n    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, 0.0)).to(x.dtype)"),
     (
         "_ndtr",
         """def _ndtr(x):
@@ -173,7 +173,8 @@ class TritonPrinter(PythonCodePrinter):
                 return "1.0"
             b = self.parenthesize(base, PRECEDENCE["Mul"])  # sums and products in parentheses
             prod = " * ".join([b] * abs(n))
-            return prod if n > 0 else f"1.0 / ({prod})"
+            # parenthesised: the parent printer sees a Pow, and a Pow binds tighter than * and /
+            return (b if n == 1 else f"({prod})") if n > 0 else f"(1.0 / ({prod}))"
         if ex == sp.Rational(1, 2):
             return f"tl.sqrt({self._print(base)})"
         if ex == -sp.Rational(1, 2):
@@ -182,7 +183,7 @@ class TritonPrinter(PythonCodePrinter):
             n = int(2 * ex)
             root = f"tl.sqrt({self._print(base)})"
             prod = " * ".join([root] * abs(n))
-            return prod if n > 0 else f"1.0 / ({prod})"
+            return f"({prod})" if n > 0 else f"(1.0 / ({prod}))"
         # general power of a positive base
         return f"tl.exp({self.parenthesize(ex, PRECEDENCE['Mul'])} * tl.log({self._print(base)}))"
 
