@@ -33,7 +33,7 @@ BATCHES = tuple(2**k for k in (16, 18, 20))
 
 
 def spec_for(width: int, n_vars: int) -> dict:
-    names = ["t", "s"][:n_vars]
+    names = ["t", "s", "r"][:n_vars]
     return {
         "name": f"bench_w{width}_v{n_vars}",
         "inputs": {**{v: 1 for v in names}, "y": 2},
@@ -74,6 +74,128 @@ def prepare(folder: Path, widths=WIDTHS, n_vars=VARS) -> None:
             (folder / f"{cs.name}_triton.py").write_text(generate(prog, version=__version__))
             manifest.append({"name": cs.name, "width": w, "vars": v})
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stacked-chain pass in the torch backend, on the CPU
+# ---------------------------------------------------------------------------------------------------
+
+
+def _split_args(text: str) -> list[str]:
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "(["
+        depth -= ch in ")]"
+        if ch == "," and depth == 0:
+            out.append(text[start:i].strip())
+            start = i + 1
+    return out + [text[start:].strip()]
+
+
+def stack_torch_source(source: str, grad_ir) -> tuple[str, int]:
+    """The torch backend's module with each stack of ``stacking.find_stacks`` in GradNet.forward run as
+    one ``F.linear`` over ``torch.cat`` of the chains (bias added to its blocks). A benchmark-only text
+    rewrite of the generated ``vN = F.linear(...)`` lines; returns (source, stacks rewritten)."""
+    import re
+
+    from autoint_compiler.stacking import find_stacks
+
+    lines = source.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("class GradNet"))
+    pat = re.compile(r"^(\s+)v(\d+) = F\.linear\((.*)\)$")
+    where = {}
+    for i in range(start, len(lines)):
+        m = pat.match(lines[i])
+        if m:
+            where[int(m.group(2))] = (i, m.group(1), _split_args(m.group(3)))
+    done = 0
+    replace: dict[int, list[str]] = {}
+    for st in find_stacks(grad_ir):
+        if not all(m in where for m in st.members):
+            continue
+        idx = [where[m][0] for m in st.members]
+        first, last = min(idx), max(idx)
+        names = [f"v{m}" for m in st.members]
+        between = [ln for i, ln in enumerate(lines[first:last], first) if i not in idx]
+        if any(re.search(rf"\b{n}\b", ln) for ln in between for n in names):
+            continue
+        ind, args0 = where[st.members[0]][1], where[st.members[0]][2]
+        ins = ", ".join(where[m][2][0] for m in st.members)
+        out = grad_ir.width(st.members[0])
+        body = [f"{ind}_s = F.linear(torch.cat([{ins}]), {args0[1]}).view({len(names)}, -1, {out})"]
+        body.append(f"{ind}{', '.join(names)} = _s.unbind(0)")
+        for m, has_bias in zip(st.members, st.bias):
+            if has_bias:
+                body.append(f"{ind}v{m} = v{m} + {where[m][2][2]}")
+        for i in idx:
+            replace[i] = []
+        replace[last] = body
+        done += 1
+    out_lines = []
+    for i, ln in enumerate(lines):
+        out_lines += replace.get(i, [ln])
+    return "\n".join(out_lines) + "\n", done
+
+
+def cpu_stacking(out_dir: Path, width=128, batch=4096, reps=7) -> None:
+    """Torch backend with and without stacked chains, one CPU thread, 1-3 variables -> cpu_stacking.*"""
+    import torch
+
+    from autoint_compiler.compiler import compile_source, load_module
+
+    torch.set_num_threads(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n_vars in (1, 2, 3):
+        cs = compile_source(spec_for(width, n_vars))
+        src, n = stack_torch_source(cs.source, cs.grad_ir)
+        plain, stacked = load_module(cs.name, cs.source), load_module(cs.name + "_stacked", src)
+        torch.manual_seed(0)
+        a = plain.IntegralNet()
+        b = stacked.IntegralNet()
+        b.load_state_dict(a.state_dict())
+        ga, gb = plain.GradNet.from_integral(a), stacked.GradNet.from_integral(b)
+        x = torch.rand(batch, plain.IN_FEATURES) * 2 - 1
+        target = torch.rand(batch, 1)
+        with torch.no_grad():
+            assert torch.allclose(ga(x), gb(x), rtol=1e-4, atol=1e-6)
+
+        def fwd(g, x=x):
+            with torch.no_grad():
+                g(x)
+
+        def train(g, x=x, target=target):
+            for p in g.parameters():
+                p.grad = None
+            ((g(x) - target) ** 2).mean().backward()
+
+        for metric, fn in (("grad_fwd", fwd), ("train_step", train)):
+            times = {"plain": [], "stacked": []}
+            for g in (ga, gb):
+                fn(g)
+            for _ in range(reps):  # interleaved, so drift hits both
+                for name, g in (("plain", ga), ("stacked", gb)):
+                    t0 = time.perf_counter()
+                    fn(g)
+                    times[name].append(1e3 * (time.perf_counter() - t0))
+            med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+            rows.append([width, n_vars, batch, metric, n, f"{med['plain']:.2f}", f"{med['stacked']:.2f}"])
+            print(rows[-1], flush=True)
+    with (out_dir / "cpu_stacking.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["width", "vars", "batch", "metric", "stacks", "plain_ms", "stacked_ms"])
+        w.writerows(rows)
+    lines = [
+        f"Torch backend on the CPU, one thread, batch {batch}, swish MLP 3x{width}: chains of a layer as separate "
+        "F.linear calls (plain) or one F.linear over torch.cat of the chains (stacked); medians of "
+        f"{reps} interleaved runs.",
+        "",
+        "| vars | metric | stacks | plain ms | stacked ms | plain / stacked |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r[1]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} | {float(r[5]) / float(r[6]):.2f}x |")
+    (out_dir / "cpu_stacking.md").write_text("\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -261,7 +383,11 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-widths", type=str, default="64,128,256", help="widths measured under torch.compile")
     ap.add_argument("--widths", type=str, default="64,128,256")
     ap.add_argument("--batches", type=str, default="16,18,20", help="log2 of the batch sizes")
+    ap.add_argument("--cpu-stacking", action="store_true", help="measure stacked chains in the torch backend (CPU)")
     args = ap.parse_args(argv)
+    if args.cpu_stacking:
+        cpu_stacking(args.out)
+        return 0
     widths = tuple(int(w) for w in args.widths.split(",") if w)
     compile_widths = tuple(int(w) for w in args.compile_widths.split(",") if w)
     batches = tuple(2 ** int(b) for b in args.batches.split(",") if b)
