@@ -27,14 +27,14 @@ class Stack:
     bias: tuple[bool, ...]  # per member
 
 
-def find_stacks(g: IRGraph, min_size: int = 2) -> list[Stack]:
-    """Groups of at least ``min_size`` independent batched ``linear`` nodes on the same weight columns,
-    in the order of their first member. Greedy in schedule order: a node joins the first open group of
-    its weight that none of whose members reaches it."""
+def find_stacks(g: IRGraph, min_size: int = 2, among=None) -> list[Stack]:
+    """Groups of at least ``min_size`` independent batched ``linear`` nodes on the same weight columns
+    (only nodes in ``among``, when given), in the order of their first member. Greedy in schedule order:
+    a node joins the first group of its weight none of whose members reaches it."""
     groups: dict[tuple, list[list[int]]] = {}
     for nid in g.order():
         d = g.nodes[nid]
-        if d["op"] != "linear" or not d["batched"]:
+        if d["op"] != "linear" or not d["batched"] or (among is not None and nid not in among):
             continue
         key = (d["attrs"]["param"], tuple(d["attrs"]["cols"]))
         for members in groups.setdefault(key, []):

@@ -166,6 +166,22 @@ def test_every_structural_op(integrate):
             "pointwise", "input"} <= ops  # fmt: skip
 
 
+def test_linear_chains_without_an_activation_stack():
+    """h3 multiplies the primal and both tangents of h2 with no unit between: one layer of 3 chains."""
+    nodes = [
+        {"name": "h1", "op": "linear", "in": ["t", "u", "y"], "out": 5},
+        {"name": "a", "op": "tanh", "in": ["h1"]},
+        {"name": "h2", "op": "linear", "in": ["a"], "out": 4},
+        {"name": "h3", "op": "linear", "in": ["h2"], "out": 3},
+        {"name": "b", "op": "sin", "in": ["h3"]},
+        {"name": "o", "op": "linear", "in": ["b"], "out": 1},
+    ]
+    spec = ac_graph_spec(nodes, inputs={"t": 1, "u": 1, "y": 1}, integrate=("t", "u"))
+    plan = plan_graph(compile_source(spec).grad_ir)
+    assert any(len(layer.members) >= 3 and layer.region is None for layer in plan.layers), plan.layers
+    _compare(spec, F64)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The example specs (float32, widths cut down for the interpreter) and stacking on/off
 # ---------------------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ Lowering, per IR graph:
   feed the same unit (the primal ``z = W h + b`` and the tangents ``ż = W ḣ`` of a layer: 1, 2, 4 or 8
   chains) become ONE GEMM kernel: each ``W`` tile is loaded once and multiplied into one accumulator per
   chain, the bias goes to the primal chain only, and the unit's expressions run in the epilogue (σ(z)
-  and the tangent products), so the pre-activations reach memory only when backward needs them. A
-  ``linear`` without such a consumer is a GEMM with a bias epilogue. Backward: the unit's backward
-  kernel, then ``dX = dZ W`` per chain and ``dW = Σ dZᵀ X`` (split over the batch, summed by the
-  reduction kernel), ``db`` by the reduction kernel.
+  and the tangent products), so the pre-activations reach memory only when backward needs them.
+  ``linear`` nodes without such a consumer still share one GEMM when they stack
+  (``stacking.find_stacks``: same weight columns, independent), with the bias epilogue only.
+  Backward: the unit's backward kernel, then ``dX = dZ W`` per chain and ``dW = Σ dZᵀ X`` (split
+  over the batch, summed by the reduction kernel), ``db`` by the reduction kernel.
 - **Data movement in torch** (documented fallback): input columns, ``slice``, ``expand``, weight columns
   (``wcol``) are views; ``concat`` is ``torch.cat``. ``posenc``, ``fscale`` and ``sum`` are Triton kernels.
 
@@ -38,6 +39,7 @@ from .. import fusion
 from .. import primitives as P
 from ..errors import CompileError
 from ..ir import IRGraph, pointwise_expr
+from ..stacking import find_stacks
 from ..templating import render
 from . import triton_print
 
@@ -149,9 +151,13 @@ def plan_graph(g: IRGraph, stack: bool = True) -> GraphPlan:
             layers.append(LayerPlan(tuple(sorted(members)), region))
             fused_units.add(k)
             in_layer.update(members)
-    for nid in g.order():
-        if g.op(nid) == "linear" and nid not in in_layer:
-            layers.append(LayerPlan((nid,), None))
+    rest = {nid for nid in g.order() if g.op(nid) == "linear" and nid not in in_layer}
+    if stack:  # linear nodes on the same weight without a unit to fuse: still one GEMM for all chains
+        for st in find_stacks(g, among=rest):
+            layers.append(LayerPlan(st.members, None))
+            rest -= set(st.members)
+    for nid in sorted(rest):
+        layers.append(LayerPlan((nid,), None))
     # contract the steps and order them (stable: by the smallest node id of each step)
     owner: dict[int, tuple[str, int]] = {}
     for k, layer in enumerate(layers):
