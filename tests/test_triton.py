@@ -278,6 +278,26 @@ def test_deterministic_and_registered():
         generate(_program(cs), version="x", bogus=1)
 
 
+def test_generated_module_passes_ruff(tmp_path):
+    """The generated source is lint-clean (E, F, W, I, lines within 120 columns) like the torch backend's."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("ruff")
+    ruff = str(exe) if exe.exists() else shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    for name in ("box2d.yaml", "field3d.yaml", "graph_mix.yaml"):
+        cs = compile_source(REPO_ROOT / "examples" / name)
+        path = tmp_path / f"{cs.name}_triton.py"
+        path.write_text(generate(_program(cs), version="test"), encoding="utf-8")
+        cmd = [ruff, "check", "--isolated", "--no-cache", "--select", "E,F,W,I", "--line-length", "120", str(path)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, f"{name}:\n{out.stdout}{out.stderr}"
+
+
 def test_parameters_are_shared_and_named_like_torch():
     tm, xm, _ = _pair(_small("field3d.yaml"))
     ref, net = tm.IntegralNet(), xm.IntegralNet()

@@ -446,7 +446,11 @@ class _Emitter:
             line += f"  # {comment}"
         elif comment:
             self.out.lines.append(f"# {comment}")
-        self.out.lines.append(line)
+        if len(line) <= 110:
+            self.out.lines.append(line)
+            return
+        head, args = call.split("(", 1)  # _run(Fn, flags, tensors...): one argument per line
+        self.out.lines += [f"{lhs} = {head}("] + [f"    {a}," for a in _split_top(args[:-1])] + [")"]
 
     def _layer(self, layer: LayerPlan) -> None:
         g = self.g
@@ -471,7 +475,8 @@ class _Emitter:
             self.ref_[n] = f"v{n}"
         flags = "".join("1" if (region is None or m in exposed) else "0" for m in layer.members)
         args = ", ".join([w, b, *xs, *es])
-        label = f"{a['param']} x{len(layer.members)}" + (f" -> {self._labels(region)}" if region else "")
+        what = (self._labels(region) or ", ".join(self.g.op(n) for n in region.nodes)) if region else ""
+        label = f"{a['param']} x{len(layer.members)}" + (f" -> {what}" if region else "")
         self._call(targets, f'_run({lk.cls}, "{flags}", {args})', label)
 
     def _unit(self, region: fusion.Region) -> None:
@@ -481,6 +486,12 @@ class _Emitter:
         args = ", ".join(self.ref(i) for i in region.inputs)
         label = self._labels(region) or ", ".join(self.g.op(n) for n in region.nodes)
         self._call([f"v{o}" for o in region.outputs], f"_run({uk.cls}, {args})", label)
+
+    def _contiguous_inputs(self, ins) -> bool:
+        g = self.g
+        if not all(g.op(i) == "input" for i in ins):
+            return False
+        return all(g.attrs(p)["stop"] == g.attrs(q)["start"] for p, q in zip(ins, ins[1:]))
 
     def _node(self, nid: int) -> None:
         g = self.g
@@ -496,6 +507,9 @@ class _Emitter:
             self.assign(nid, f"{self.ref(ins[0])}[:, {a['start']}:{a['stop']}]")
         elif op == "expand":
             self.assign(nid, f"{self.ref(ins[0])}.expand(-1, {a['out']})")
+        elif op == "concat" and self._contiguous_inputs(ins):
+            first, last = g.attrs(ins[0])["start"], g.attrs(ins[-1])["stop"]
+            self.ref_[nid] = "x" if (first, last) == (0, self.total) else f"x[:, {first}:{last}]"
         elif op == "concat":
             parts = [self.batched_ref(i) for i in ins] if d["batched"] else [self.ref(i) for i in ins]
             self.assign(nid, f"torch.cat([{', '.join(parts)}], 1)")
@@ -510,6 +524,18 @@ class _Emitter:
             self.assign(nid, f"_PosEnc.apply({self.ref(ins[0])}, {buf}, {inc})", "positional encoding")
         else:  # linear and elementwise ops always belong to a layer or a unit
             raise CompileError(f"triton backend: no Triton lowering for op {op!r} (node %{nid})")
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at the commas outside brackets."""
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "(["
+        depth -= ch in ")]"
+        if ch == "," and depth == 0:
+            out.append(text[start:i].strip())
+            start = i + 1
+    return out + [text[start:].strip()]
 
 
 def emit_graph(g: IRGraph, tag: str, owner: str, kernels: Kernels, stack: bool = True) -> Emitted:
