@@ -18,6 +18,9 @@ Lowering, per IR graph:
   (``stacking.find_stacks``: same weight columns, independent), with the bias epilogue only.
   Backward: the unit's backward kernel, then ``dX = dZ W`` per chain and ``dW = Σ dZᵀ X`` (split
   over the batch, summed by the reduction kernel), ``db`` by the reduction kernel.
+- **Precision.** Kernels accumulate and evaluate in ``ACC`` (float64 for float64 data, else float32);
+  float16/bfloat16 parameters and inputs are loaded, upcast, and stored back in their own dtype.
+  float32 GEMMs use IEEE float32 (``allow_tf32`` opts into TF32).
 - **Data movement in torch** (documented fallback): input columns, ``slice``, ``expand``, weight columns
   (``wcol``) are views; ``concat`` is ``torch.cat``. ``posenc``, ``fscale`` and ``sum`` are Triton kernels.
 
@@ -205,7 +208,7 @@ def _tile_lines(exprs, names, targets, dtype: str, indent="    ") -> list[str]:
 
 
 def _load(name: str, ptr: str, stride_m: str, stride_n: str, indent="    ") -> str:
-    return f"{indent}{name} = tl.load({ptr} + rm * {stride_m} + rn * {stride_n}, mask=mask, other=0.0)"
+    return f"{indent}{name} = tl.load({ptr} + rm * {stride_m} + rn * {stride_n}, mask=mask, other=0.0).to(ACC)"
 
 
 @dataclass
@@ -238,23 +241,26 @@ def unit_kernels(name: str, g: IRGraph, region: fusion.Region) -> UnitKernels:
     uargs = [f"U{k}, su{k}m, su{k}n" for k in range(n_in)]
     oargs = [f"O{j}" for j in range(n_out)]
     lines = ["@triton.autotune(configs=_EW_CONFIGS, key=['N'])", "@triton.jit"]
-    lines += _signature(f"{name}_fwd", uargs + oargs + ["M", "N", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"])
+    lines += _signature(
+        f"{name}_fwd", uargs + oargs + ["M", "N", "ACC: tl.constexpr", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"]
+    )
     lines += [head, head2, "    mask = (rm < M) & (rn < N)"]
     lines += [_load(f"u{k}", f"U{k}", f"su{k}m", f"su{k}n") for k in range(n_in)]
-    lines += _tile_lines(outs, names, [f"o{j}" for j in range(n_out)], "O0.dtype.element_ty")
+    lines += _tile_lines(outs, names, [f"o{j}" for j in range(n_out)], "ACC")
     lines += [f"    tl.store(O{j} + rm * N + rn, o{j}, mask=mask)" for j in range(n_out)]
     lines += ["", ""]
     gargs = [f"G{j}, sg{j}m, sg{j}n" for j in range(n_out)]
     dargs = [f"D{k}" for k in live]
     lines += ["@triton.autotune(configs=_EW_CONFIGS, key=['N'])", "@triton.jit"]
     lines += _signature(
-        f"{name}_bwd", uargs + gargs + dargs + ["M", "N", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"]
+        f"{name}_bwd",
+        uargs + gargs + dargs + ["M", "N", "ACC: tl.constexpr", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"],
     )
     lines += [head, head2, "    mask = (rm < M) & (rn < N)"]
     used = set().union(*(grads[k].free_symbols for k in live)) if live else set()
     lines += [_load(f"u{k}", f"U{k}", f"su{k}m", f"su{k}n") for k in range(n_in) if us[k] in used]
     lines += [_load(f"g{j}", f"G{j}", f"sg{j}m", f"sg{j}n") for j in range(n_out) if gs[j] in used]
-    lines += _tile_lines([grads[k] for k in live], names, [f"d{k}" for k in live], "U0.dtype.element_ty")
+    lines += _tile_lines([grads[k] for k in live], names, [f"d{k}" for k in live], "ACC")
     lines += [f"    tl.store(D{k} + rm * N + rn, d{k}, mask=mask)" for k in live]
     if not live:
         lines.append("    pass")
@@ -294,7 +300,7 @@ def layer_kernel(name: str, chains: int, bias: tuple[bool, ...], unit: UnitKerne
     zargs = [f"Z{j}" for j in range(chains)]
     oargs = [f"O{j}" for j in range(lk.n_out)]
     bargs = ["B"] if any(bias) else []
-    consts = ["STORE_Z: tl.constexpr", "PREC: tl.constexpr"]
+    consts = ["STORE_Z: tl.constexpr", "PREC: tl.constexpr", "ACC: tl.constexpr"]
     consts += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr"]
     lines = ["@triton.autotune(configs=_GEMM_CONFIGS, key=['N', 'K'])", "@triton.jit"]
     lines += _signature(
@@ -305,7 +311,7 @@ def layer_kernel(name: str, chains: int, bias: tuple[bool, ...], unit: UnitKerne
         "    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]",
         "    rk = tl.arange(0, BLOCK_K)",
     ]
-    lines += [f"    acc{j} = tl.zeros((BLOCK_M, BLOCK_N), dtype=W.dtype.element_ty)" for j in range(chains)]
+    lines += [f"    acc{j} = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)" for j in range(chains)]
     lines += [
         "    for k0 in range(0, K, BLOCK_K):",
         "        kk = k0 + rk",
@@ -314,10 +320,10 @@ def layer_kernel(name: str, chains: int, bias: tuple[bool, ...], unit: UnitKerne
     ]
     for j in range(chains):
         lines.append(f"        x{j} = tl.load(X{j} + rm * sx{j}m + kk[None, :] * sx{j}k, mask=xmask, other=0.0)")
-        lines.append(f"        acc{j} += tl.dot(x{j}, w, input_precision=PREC)")
+        lines.append(f"        acc{j} += tl.dot(x{j}, w, input_precision=PREC, out_dtype=ACC)")
     lines.append("    mask = (rm < M) & (rn < N)")
     if any(bias):
-        lines.append("    b = tl.load(B + rn, mask=rn < N, other=0.0)")
+        lines.append("    b = tl.load(B + rn, mask=rn < N, other=0.0).to(ACC)")
         lines += [f"    acc{j} += b" for j in range(chains) if bias[j]]
     if unit is None:
         lines += [f"    tl.store(Z{j} + rm * N + rn, acc{j}, mask=mask)" for j in range(chains)]
@@ -329,7 +335,7 @@ def layer_kernel(name: str, chains: int, bias: tuple[bool, ...], unit: UnitKerne
         for q, p in enumerate(extras):
             names[us[p]] = f"e{q}"
             lines.append(_load(f"e{q}", f"E{q}", f"se{q}m", f"se{q}n"))
-        lines += _tile_lines(unit.outputs, names, [f"o{j}" for j in range(unit.n_out)], "W.dtype.element_ty")
+        lines += _tile_lines(unit.outputs, names, [f"o{j}" for j in range(unit.n_out)], "ACC")
         lines += [f"    tl.store(O{j} + rm * N + rn, o{j}, mask=mask)" for j in range(unit.n_out)]
     lk.lines = lines
     return lk
