@@ -151,7 +151,8 @@ KITCHEN_SINK = [
     {"name": "sl", "op": "slice", "in": ["sc"], "start": 1, "stop": 4},
     {"name": "sm", "op": "sum", "in": ["sl"]},
     {"name": "w", "op": "mul", "in": ["sm", "t"]},
-    {"name": "h2", "op": "linear", "in": ["sl", "w", "t"], "out": 5, "bias": False},
+    {"name": "bw", "op": "mul", "in": ["sm", "sl"]},
+    {"name": "h2", "op": "linear", "in": ["bw", "w", "t"], "out": 5, "bias": False},
     {"name": "r", "op": "softplus", "in": ["h2"]},
     {"name": "o", "op": "linear", "in": ["r", "sc"], "out": 2},
 ]
