@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.8.0
 STAMP := $(VENV)/.installed
 OUT ?= out
 
@@ -17,6 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TRITON_SPEC)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[torch,apps,test]"
 	touch $(STAMP)
 
