@@ -23,7 +23,7 @@ from test_rules import OP_ROWS
 import autoint_compiler as ac
 from autoint_compiler import interpret, ops, rules
 from autoint_compiler.activations import activation, formula
-from autoint_compiler.backends import BACKENDS, get_backend, torch_backend
+from autoint_compiler.backends import BACKENDS, get_backend, torch_backend, triton_backend
 from autoint_compiler.compiler import compile_source
 from autoint_compiler.differentiate import derive
 from autoint_compiler.ir import Builder, IRGraph, ParamInfo, format_graph
@@ -39,6 +39,7 @@ EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 CONSUMERS = [
     ("torch backend lowering", torch_backend.LOWER, "a row in backends/torch_backend.py: LOWER"),
     ("IR interpreter", interpret.EVAL, "a row in interpret.py: EVAL"),
+    ("triton backend lowering", triton_backend.LOWERINGS, "a row in backends/triton_backend.py: LOWERINGS"),
 ]
 
 
@@ -49,6 +50,8 @@ def test_every_op_is_complete(op):
     missing = []
     if d.jvp is None:
         missing.append("a JVP rule (@defjvp in ops.py)")
+    if not d.linear and d.jet is None:
+        missing.append("a Taylor-mode rule for a nonlinear op (@defjet in ops.py)")
     if d.show is None and d.printed is None and d.attrs:
         missing.append("a printed form for its attributes (show= in ops.py)")
     for what, table, how in CONSUMERS:

@@ -401,3 +401,16 @@ def helpers_kernel(X, OUT, N, BLOCK: tl.constexpr):
     tl.store(OUT + 4 * N + r, _atan(x), mask=m)
     tl.store(OUT + 5 * N + r, _log1p(tl.exp(-tl.abs(x))), mask=m)
 """
+
+
+def test_compile_with_backend_triton_returns_the_same_contract():
+    """``ac.compile(spec, backend="triton")`` and ``backend: triton`` in a spec go through the registry."""
+    import autoint_compiler as ac
+
+    spec = REPO_ROOT / "examples" / "box2d.yaml"
+    net = ac.compile(spec, backend="triton", dtype=torch.float64, seed=0)
+    ref = ac.compile(spec, dtype=torch.float64, seed=0)
+    assert net.backend == "triton" and net.integration_columns == ref.integration_columns
+    x = torch.rand(8, net.in_features, dtype=torch.float64)
+    assert torch.allclose(net.grad(x), ref.grad(x), rtol=1e-9, atol=1e-12)
+    assert torch.allclose(net.integrate(x[:, :2], x[:, :2] + 0.5, x), ref.integrate(x[:, :2], x[:, :2] + 0.5, x))

@@ -42,6 +42,7 @@ from .. import fusion
 from .. import primitives as P
 from ..errors import CompileError
 from ..ir import IRGraph, pointwise_expr
+from ..names import param_attribute
 from ..stacking import find_stacks
 from ..templating import render
 from . import triton_print
@@ -413,7 +414,7 @@ class _Emitter:
         return r if self.g.nodes[nid]["batched"] else f"{r}.expand(x.shape[0], -1)"
 
     def param(self, name: str, part: str) -> str:
-        return f"{self.owner}.{name}_{part}"
+        return f"{self.owner}.{param_attribute(name, part)}"
 
     def assign(self, nid: int, code: str, comment: str = "") -> None:
         name = f"v{nid}"
@@ -577,7 +578,8 @@ def generate(program, *, version: str, stack: bool = True, allow_tf32: bool = Fa
     integral = emit_graph(integral_ir, "i", "self", kernels, stack)
     grad = emit_graph(grad_ir, "g", "m", kernels, stack)
     params = [
-        dict(name=name, out=p.out, inp=p.inp, bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
+        dict(weight=param_attribute(name, "weight"), bias_attr=param_attribute(name, "bias"), out=p.out,
+             inp=p.inp, bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
         for name, p in sorted(integral_ir.graph["params"].items())
     ]
     units = list(kernels.units.values())
