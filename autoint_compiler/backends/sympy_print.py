@@ -9,6 +9,8 @@ long assignment out over several lines.
 
 from __future__ import annotations
 
+import ast
+
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
@@ -200,91 +202,71 @@ def print_group(exprs: list[sp.Expr], var: str, prefix: str) -> tuple[list[tuple
 def split_long(name: str, code: str, limit: int = 96) -> list[str]:
     """``name = code`` as one line or, past ``limit`` columns, as a parenthesised block broken the way a
     person would: at top-level ``+``/``-``, else ``*``/``/``, else between the arguments of the outer
-    call; pieces that are still too long are broken again, one indent deeper."""
+    call; pieces that are still too long are broken again, one indent deeper. The layout follows the
+    expression's syntax tree (Python's ``ast``), never bracket counting; the target ``name`` may be a
+    tuple of names."""
     line = f"{name} = {code}"
     if len(line) <= limit:
         return [line]
-    body = _layout(code, 4, limit)
+    body = _layout(ast.parse(code, mode="eval").body, 4, limit)
     if len(body) == 1:
         return [line]
     return [f"{name} = ("] + body + [")"]
 
 
-def _top_level_split(code: str, ops: tuple[str, ...]) -> list[str]:
-    pieces, depth, start, i = [], 0, 0, 0
-    while i < len(code):
-        ch = code[i]
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif depth == 0 and i > start and any(code.startswith(op, i) for op in ops):
-            pieces.append(code[start:i].strip())
-            start = i + 1  # the operator stays at the head of the next piece
-            i += 2
-            continue
-        i += 1
-    pieces.append(code[start:].strip())
-    return pieces
+_ADDITIVE = (ast.Add, ast.Sub)
+_MULTIPLICATIVE = (ast.Mult, ast.Div)
+_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
-def _call_parts(code: str) -> tuple[str, list[str]] | None:
-    """``f(a, b)`` -> ("f(", ["a", "b"]) when the whole string is one call."""
-    if not code.endswith(")"):
-        return None
-    depth = 0
-    for i, ch in enumerate(code):
-        if ch in "([":
-            depth += 1
-            if depth == 1 and ch == "(":
-                if i == 0 or not (code[i - 1].isalnum() or code[i - 1] in "_."):
-                    return None
-                head, inner = code[: i + 1], code[i + 1 : -1]
-                break
-        elif ch in ")]":
-            depth -= 1
+def _chain(node: ast.expr, ops: tuple) -> list[tuple[str, ast.expr]]:
+    """A left-nested chain ``a + b - c`` as [("", a), ("+", b), ("-", c)] (right operands kept whole)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ops):
+        return _chain(node.left, ops) + [(_SYMBOL[type(node.op)], node.right)]
+    return [("", node)]
+
+
+def _operand(node: ast.expr, ops: tuple, right: bool) -> str:
+    """An operand's text, parenthesised where it binds looser than the chain's operator (or as loose,
+    on the right: ``a - (b + c)``, ``a / (b * c)``)."""
+    text = ast.unparse(node)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, _ADDITIVE):
+        loose = ops is _MULTIPLICATIVE or right
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, _MULTIPLICATIVE):
+        loose = ops is _MULTIPLICATIVE and right
     else:
-        return None
-    depth, start, args = 0, 0, []
-    for i, ch in enumerate(inner):
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-            if depth < 0:
-                return None
-        elif ch == "," and depth == 0:
-            args.append(inner[start:i].strip())
-            start = i + 1
-    args.append(inner[start:].strip())
-    return head, args
+        loose = isinstance(node, (ast.IfExp, ast.Lambda, ast.BoolOp, ast.Compare))
+    return f"({text})" if loose else text
 
 
-def _layout(code: str, indent: int, limit: int, prefix: str = "", suffix: str = "") -> list[str]:
+def _layout(node: ast.expr, indent: int, limit: int, prefix: str = "", suffix: str = "") -> list[str]:
     pad = " " * indent
-    if indent + len(prefix) + len(code) + len(suffix) <= limit:
-        return [f"{pad}{prefix}{code}{suffix}"]
-    for ops in ((" + ", " - "), (" * ", " / ")):
-        pieces = _top_level_split(code, ops)
-        if len(pieces) > 1:
+    text = ast.unparse(node)
+    if indent + len(prefix) + len(text) + len(suffix) <= limit:
+        return [f"{pad}{prefix}{text}{suffix}"]
+    for ops in (_ADDITIVE, _MULTIPLICATIVE):
+        chain = _chain(node, ops)
+        if len(chain) > 1:
             out = []
-            for k, piece in enumerate(pieces):
-                op, rest = (piece[:2], piece[2:]) if k else ("", piece)
-                last = k == len(pieces) - 1
-                out += _layout(rest, indent, limit, (prefix if k == 0 else "") + op, suffix if last else "")
+            for k, (op, part) in enumerate(chain):
+                head = (prefix if k == 0 else "") + (f"{op} " if op else "")
+                tail = suffix if k == len(chain) - 1 else ""
+                piece = _operand(part, ops, right=k > 0)
+                if indent + len(head) + len(piece) + len(tail) <= limit:
+                    out.append(f"{pad}{head}{piece}{tail}")
+                elif piece.startswith("(") and not ast.unparse(part).startswith("("):  # a parenthesised operand
+                    out += [f"{pad}{head}("] + _layout(part, indent + 4, limit) + [f"{pad}){tail}"]
+                else:
+                    out += _layout(part, indent, limit, head, tail)
             return out
-    call = _call_parts(code)
-    if call is not None:
-        head, args = call
-        out = [f"{pad}{prefix}{head}"]
-        for arg in args:
+    if isinstance(node, ast.Call) and (node.args or node.keywords):
+        out = [f"{pad}{prefix}{ast.unparse(node.func)}("]
+        for arg in node.args:
             out += _layout(arg, indent + 4, limit, "", ",")
+        for kw in node.keywords:
+            out += _layout(kw.value, indent + 4, limit, f"{kw.arg}=", ",")
         return out + [f"{pad}){suffix}"]
-    if code.startswith("(") and code.endswith(")"):
-        out = [f"{pad}{prefix}("]
-        out += _layout(code[1:-1], indent + 4, limit)
-        return out + [f"{pad}){suffix}"]
-    return [f"{pad}{prefix}{code}{suffix}"]
+    return [f"{pad}{prefix}{text}{suffix}"]
 
 
 def print_exprs(exprs: list[sp.Expr], names: dict[sp.Symbol, str], prefix: str, printer=TorchPrinter):
