@@ -339,3 +339,12 @@ def test_long_node_names_give_short_valid_lines():
     net = ac_compile(spec)
     assert max(len(line) for line in net.source.splitlines()) <= 110
     _interpreter_check(net, ac_inputs(net, 6))
+
+
+@pytest.mark.parametrize("shape", [(4, 2), (4, 4), (3,), (2, 3, 3)])
+def test_generated_networks_refuse_inputs_of_the_wrong_width(shape):
+    net = ac.compile(REPO_ROOT / "examples" / "field3d.yaml")
+    x = torch.rand(*shape)
+    for module in (net.integral, net.grad):
+        with pytest.raises(ValueError, match=r"x must be \[N, 3\]"):
+            module(x)
