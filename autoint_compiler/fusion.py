@@ -178,19 +178,27 @@ def find_regions(g: IRGraph) -> list[Region]:
     return regions
 
 
+def contract(g: IRGraph, owner: dict[int, tuple], node_key: str = "n") -> tuple[nx.DiGraph, dict[tuple, int]]:
+    """The graph with each group of nodes contracted to one step: ``owner`` maps a node to its step
+    key, other nodes are steps ``(node_key, id)``. Returns the step DAG (acyclic unless a group waits
+    on itself) and each step's smallest node id, for a stable order."""
+    dag = nx.DiGraph()
+    first: dict[tuple, int] = {}
+    for nid in g.order():
+        step = owner.get(nid, (node_key, nid))
+        first.setdefault(step, nid)
+        dag.add_node(step)
+        for i in g.inputs_of(nid):
+            src = owner.get(i, (node_key, i))
+            if src != step:
+                dag.add_edge(src, step)
+    return dag, first
+
+
 def schedule(g: IRGraph, regions: list[Region]) -> list[int | Region]:
     """A topological order of the graph with each region contracted to one step (stable: by the
     smallest node id of each step)."""
     owner = {n: ("r", k) for k, r in enumerate(regions) for n in r.nodes}
-    dag = nx.DiGraph()
-    first: dict[tuple, int] = {}
-    for nid in g.order():
-        step = owner.get(nid, ("n", nid))
-        first.setdefault(step, nid)
-        dag.add_node(step)
-        for i in g.inputs_of(nid):
-            src = owner.get(i, ("n", i))
-            if src != step:
-                dag.add_edge(src, step)
+    dag, first = contract(g, owner)
     order = nx.lexicographical_topological_sort(dag, key=lambda s: first[s])
     return [regions[k] if kind == "r" else k for kind, k in order]

@@ -171,16 +171,7 @@ def plan_graph(g: IRGraph, stack: bool = True) -> GraphPlan:
         if k not in fused_units:
             for n in region.nodes:
                 owner[n] = ("unit", k)
-    dag = nx.DiGraph()
-    first: dict[tuple, int] = {}
-    for nid in g.order():
-        step = owner.get(nid, ("node", nid))
-        first.setdefault(step, nid)
-        dag.add_node(step)
-        for i in g.inputs_of(nid):
-            src = owner.get(i, ("node", i))
-            if src != step:
-                dag.add_edge(src, step)
+    dag, first = fusion.contract(g, owner, node_key="node")
     if not nx.is_directed_acyclic_graph(dag):
         if stack:
             return plan_graph(g, stack=False)
