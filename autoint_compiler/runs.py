@@ -79,7 +79,7 @@ def _spec_yaml(net: Any) -> str:
     spec = getattr(net, "spec", None)
     if spec is None:
         return ""
-    data = spec.model_dump(mode="json", by_alias=True)
+    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)  # None = the default: reloadable
     return yaml.safe_dump(data, sort_keys=False)
 
 

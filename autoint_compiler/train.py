@@ -102,8 +102,6 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        if self.resume and self.run_dir is None:
-            raise ValueError("resume=True needs a run_dir")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.batch_size < 1:
@@ -219,6 +217,8 @@ def train(
 
 
 def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback, which: str) -> History:
+    if cfg.resume and cfg.run_dir is None:
+        raise ValueError("resume=True needs a run_dir")
     device = resolve_device(cfg.device)
     if distributed.setup(device) and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", distributed.local_rank())
