@@ -153,6 +153,8 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
         raise UnsafeFileError(f"{path}: is a directory, not a file") from None
     try:
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeFileError(f"{path}: is a directory, not a file")
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeFileError(f"{path}: not a regular file (a FIFO, device or socket)")
         if st.st_size > max_bytes:

@@ -348,6 +348,13 @@ def parse_activation(text: str) -> Any:
         if not isinstance(value, dict):
             raise argparse.ArgumentTypeError(f"--activation: expected a mapping, got {text!r}")
         return value
+    if ":" not in text:
+        from ..activations import ACTIVATIONS
+
+        if text not in ACTIVATIONS:
+            known = ", ".join(sorted(ACTIVATIONS))
+            raise argparse.ArgumentTypeError(f"unknown activation {text!r}; expected one of: {known}; or a mapping")
+        return text
     if ":" in text:
         name, w0 = text.split(":", 1)
         try:
