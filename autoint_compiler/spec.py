@@ -369,44 +369,79 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 
 def _data_problems(data: Any) -> list[tuple[str, str]]:
-    """Structure checks before the schema: depth, size (aliases expanded), non-string keys, numbers
-    that are not finite or do not fit 64 bits. Iterative, so hostile input cannot recurse."""
+    """Structure checks before the schema: depth, size with every alias expanded, self-reference,
+    non-string keys, numbers that are not finite or do not fit 64 bits.
+
+    Iterative (hostile input cannot recurse) and linear in the *distinct* containers: a container
+    shared through YAML aliases is walked once, its expanded size and height memoised, so an alias
+    bomb is measured without being expanded."""
     problems: list[tuple[str, str]] = []
-    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
-    count = 0
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, str, int, bool]] = [(data, "", 0, False)]
     while stack:
-        obj, path, depth = stack.pop()
-        count += 1
-        if count > MAX_ITEMS:
-            return [("", f"spec too large (over {MAX_ITEMS} values once aliases are expanded)")]
-        if depth > MAX_DEPTH:  # also a recursive alias (&a [*a]): the path repeats, so shorten it
-            shown = path if len(path) <= 60 else path[:40] + "..."
-            return [(shown, f"nested deeper than {MAX_DEPTH} levels (or refers to itself)")]
-        if isinstance(obj, dict):
+        obj, path, depth, done = stack.pop()
+        is_dict = isinstance(obj, dict)
+        if not is_dict and not isinstance(obj, (list, tuple)):
+            problem = _scalar_problem(obj)
+            if problem:
+                problems.append((path, problem))
+                if len(problems) >= 20:
+                    break
+            continue
+        oid = id(obj)
+        children = list(obj.values()) if is_dict else list(obj)
+        if done:
+            on_path.discard(oid)
+            total, h = 1, 0
+            for c in children:
+                if isinstance(c, (dict, list, tuple)):
+                    total += size.get(id(c), 1)
+                    h = max(h, height.get(id(c), 0) + 1)
+                else:
+                    total += 1
+            size[oid], height[oid] = total, h
+            if total > MAX_ITEMS:
+                return [("", f"spec too large (over {MAX_ITEMS} values once aliases are expanded)")]
+            if depth + h > MAX_DEPTH:
+                return [(_short_path(path), f"nested deeper than {MAX_DEPTH} levels")]
+            continue
+        if oid in size:
+            if depth + height[oid] > MAX_DEPTH:
+                return [(_short_path(path), f"nested deeper than {MAX_DEPTH} levels")]
+            continue
+        if oid in on_path:
+            return [(_short_path(path), "refers to itself (a recursive alias)")]
+        if depth > MAX_DEPTH:
+            return [(_short_path(path), f"nested deeper than {MAX_DEPTH} levels")]
+        on_path.add(oid)
+        stack.append((obj, path, depth, True))
+        if is_dict:
             for key, value in obj.items():
                 if not isinstance(key, str):
                     problems.append((path or "(top level)", f"key {_short(key)} is not a string (quote it)"))
                     continue
-                stack.append((value, f"{path}.{key}" if path else key, depth + 1))
-        elif isinstance(obj, (list, tuple)):
+                stack.append((value, f"{path}.{key}" if path else key, depth + 1, False))
+        else:
             for i, value in enumerate(obj):
-                stack.append((value, f"{path}[{i}]", depth + 1))
-        elif isinstance(obj, bool):
-            continue
-        elif isinstance(obj, int):
-            if not SEED_RANGE[0] <= obj <= SEED_RANGE[1]:
-                problems.append(
-                    (
-                        path,
-                        f"integer of {len(str(abs(obj))) if obj.bit_length() < 14000 else 'over 4000'} "
-                        "digits is out of range",
-                    )
-                )
-        elif isinstance(obj, float) and not math.isfinite(obj):
-            problems.append((path, f"expected a finite number, got {obj}"))
-        if len(problems) >= 20:
-            break
+                stack.append((value, f"{path}[{i}]", depth + 1, False))
     return problems
+
+
+def _short_path(path: str) -> str:
+    return path if len(path) <= 60 else path[:40] + "..."
+
+
+def _scalar_problem(obj: Any) -> str | None:
+    if isinstance(obj, bool):
+        return None
+    if isinstance(obj, int) and not SEED_RANGE[0] <= obj <= SEED_RANGE[1]:
+        digits = len(str(abs(obj))) if obj.bit_length() < 14000 else "over 4000"
+        return f"integer of {digits} digits is out of range"
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"expected a finite number, got {obj}"
+    return None
 
 
 def validate(data: Any, source: str = "<dict>") -> NetworkSpec:
@@ -747,10 +782,22 @@ def _graph_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
         return [("graph", f"the nodes form a cycle: {path}")]
     except nx.NetworkXNoCycle:
         pass
+    last = nodes[-1].name
+    live = nx.ancestors(g, last) | {last}
+    for i, node in enumerate(nodes):
+        if node.name not in live:
+            msg = f"node {node.name!r} does not contribute to the output (the last node, {last!r}); remove it"
+            problems.append((f"graph[{i}]", msg))
+    if problems:
+        return problems
     used_inputs = {r for n in nodes for r in n.inputs}
     for var in spec.integrate:
         if var not in used_inputs:
             problems.append(("integrate", f"integration variable {var!r} is not used by any graph node"))
+    if not problems:
+        for name in spec.inputs:
+            if name not in used_inputs:  # the compiler cannot yet carry an input column nothing reads
+                problems.append((f"inputs.{name}", f"input {name!r} is not used by any graph node"))
     if spec.output is not None:
         problems.append(("output", "not used with 'graph' (the last node's width is the output)"))
     return problems

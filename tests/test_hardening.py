@@ -28,7 +28,7 @@ def _mlp(act="tanh", extra=""):
 
 
 def _graph(*nodes):
-    return HEAD + "graph:\n" + "".join(f"  - {n}\n" for n in nodes)
+    return "name: h\ninputs: {t: 1}\nintegrate: [t]\ngraph:\n" + "".join(f"  - {n}\n" for n in nodes)
 
 
 def _spec_error(spec) -> str:
@@ -92,7 +92,7 @@ def test_seed_range():
 
 
 def test_merge_keys():
-    spec = load_spec(_graph("&lin {name: a, op: linear, in: [t, y], out: 8}", "{<<: *lin, name: b, in: [a], out: 1}"))
+    spec = load_spec(_graph("&lin {name: a, op: linear, in: [t], out: 8}", "{<<: *lin, name: b, in: [a], out: 1}"))
     assert [n.name for n in spec.graph] == ["a", "b"]
     assert spec.graph[1].model_extra["out"] == 1 and spec.graph[1].inputs == ["a"]
     assert "duplicate key" in _spec_error(_graph("&l {name: a, op: sin, in: [t]}", "{<<: *l, name: b, name: c}"))
@@ -250,7 +250,7 @@ def test_ordinary_formulas_still_parse(formula):
     ],
 )
 def test_graph_caps(node):
-    _spec_error(_graph(node, "{name: o, op: linear, in: [t, y], out: 1}"))
+    _spec_error(_graph(node, "{name: o, op: linear, in: [t], out: 1}"))
 
 
 @pytest.mark.parametrize(
@@ -284,10 +284,10 @@ def test_budget_allows_the_largest_reasonable_networks():
 def test_posenc_at_the_cap_is_finite():
     net = ac.compile(
         _graph(
-            f"{{name: e, op: posenc, in: [t], frequencies: {MAX_OCTAVES}}}", "{name: o, op: linear, in: [e, y], out: 1}"
+            f"{{name: e, op: posenc, in: [t], frequencies: {MAX_OCTAVES}}}", "{name: o, op: linear, in: [e], out: 1}"
         )
     )
-    x = torch.rand(64, 2) * 2 - 1
+    x = torch.rand(64, 1) * 2 - 1
     assert torch.isfinite(net.integral(x)).all() and torch.isfinite(net.grad(x)).all()
 
 
