@@ -127,9 +127,9 @@ def _size_bound(net: Any) -> int:
     return min(MAX_CHECKPOINT_BYTES, 8 * 4 * n + 64 * 2**20)
 
 
-def _read_raw(path: Path, limit: int) -> bytes:
+def _read_raw(path: Path, limit: int, head: bool = False) -> bytes:
     try:
-        return fileio.read_regular_file(path, limit)
+        return fileio.read_regular_file(path, limit, head=head)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path}: file not found") from None
     except fileio.UnsafeFileError as exc:
@@ -169,7 +169,12 @@ def _metadata_from_bytes(raw: bytes, path: Path) -> dict[str, str]:
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a checkpoint, without loading its tensors into a network."""
     path = Path(path)
-    return _metadata_from_bytes(_read_raw(path, MAX_CHECKPOINT_BYTES), path)
+    raw = _read_raw(path, 8, head=True)  # the header only: its length, then the JSON
+    if len(raw) == 8:
+        (n,) = struct.unpack("<Q", raw)
+        if n <= MAX_HEADER_BYTES:
+            raw = _read_raw(path, 8 + n, head=True)
+    return _metadata_from_bytes(raw, path)
 
 
 def read_extra_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -179,7 +184,9 @@ def read_extra_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k[len(TRAIN_PREFIX) :]: v for k, v in tensors.items() if k.startswith(TRAIN_PREFIX)}
 
 
-def load_checkpoint(path: str | os.PathLike, net: Any, *, check_hash: bool = True) -> dict[str, str]:
+def load_checkpoint(
+    path: str | os.PathLike, net: Any, *, check_hash: bool = True, max_bytes: int | None = None
+) -> dict[str, str]:
     """Load a checkpoint written by :func:`save_checkpoint` into ``net`` (in place).
 
     Raises :class:`CheckpointError` when the file is missing, unreadable, not a regular file (a
@@ -187,10 +194,11 @@ def load_checkpoint(path: str | os.PathLike, net: Any, *, check_hash: bool = Tru
     written by this module, has an unsupported format version, was saved from a network whose spec
     hash differs from ``net.spec_hash`` (unless ``check_hash=False``), or whose tensors do not match
     the network's parameters (names, shapes, or a non-floating dtype: int, bool and complex tensors
-    are refused). Nothing is loaded unless everything fits. Returns the checkpoint's metadata.
+    are refused). Nothing is loaded unless everything fits. ``max_bytes`` replaces the size bound
+    (a run checkpoint with its training state is larger). Returns the checkpoint's metadata.
     """
     path = Path(path)
-    tensors, metadata = _read(path, _size_bound(net))
+    tensors, metadata = _read(path, _size_bound(net) if max_bytes is None else int(max_bytes))
     tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not an autoint checkpoint (format={metadata.get('format')!r})")

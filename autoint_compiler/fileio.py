@@ -138,8 +138,9 @@ def remove_stale_temps(directory: str | os.PathLike, name: str | None = None) ->
     return removed
 
 
-def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
-    """The bytes of ``path``, which must be a regular file of at most ``max_bytes`` bytes.
+def read_regular_file(path: str | os.PathLike, max_bytes: int, *, head: bool = False) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``max_bytes`` bytes
+    (``head=True``: its first ``max_bytes`` bytes, whatever its size).
 
     Raises ``FileNotFoundError`` or :class:`UnsafeFileError` (directory, FIFO, device, socket, too
     large). The file is opened non-blocking (a FIFO cannot block the open) and checked with
@@ -157,7 +158,7 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
             raise UnsafeFileError(f"{path}: is a directory, not a file")
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeFileError(f"{path}: not a regular file (a FIFO, device or socket)")
-        if st.st_size > max_bytes:
+        if st.st_size > max_bytes and not head:
             raise UnsafeFileError(f"{path}: {st.st_size} bytes, larger than the limit of {max_bytes} bytes")
         chunks, total = [], 0
         while True:
@@ -166,6 +167,8 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
                 break
             chunks.append(chunk)
             total += len(chunk)
+            if head and total >= max_bytes:
+                return b"".join(chunks)[:max_bytes]
             if total > max_bytes:
                 raise UnsafeFileError(f"{path}: grew beyond the limit of {max_bytes} bytes while read")
         return b"".join(chunks)

@@ -33,7 +33,14 @@ from typing import Any
 import torch
 
 from . import distributed, fileio
-from .checkpoint import CheckpointError, load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
+from .checkpoint import (
+    MAX_CHECKPOINT_BYTES,
+    CheckpointError,
+    load_checkpoint,
+    read_extra_tensors,
+    read_metadata,
+    save_checkpoint,
+)
 
 __all__ = ["RunDir", "CHECKPOINT_PATTERN", "list_checkpoints", "latest_checkpoint"]
 
@@ -223,7 +230,7 @@ class RunDir:
 
     def restore(self, path: Path, opt: torch.optim.Optimizer, gen: torch.Generator, losses: torch.Tensor) -> int:
         """Load parameters, optimizer, RNG states and losses from ``path``; returns its step."""
-        meta = load_checkpoint(path, self.net)
+        meta = load_checkpoint(path, self.net, max_bytes=MAX_CHECKPOINT_BYTES)  # with optimizer state and losses
         step = int(meta["run_step"])
         extra = read_extra_tensors(path)
         r = distributed.rank()
