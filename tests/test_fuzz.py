@@ -99,7 +99,7 @@ YAML_BITS = [
 ]
 
 
-@fuzz(700)
+@fuzz(500)
 @given(st.one_of(st.text(max_size=300), st.lists(st.sampled_from(YAML_BITS), max_size=60).map("".join)))
 def test_fuzz_yaml_text(text):
     _count("yaml text")
@@ -324,7 +324,44 @@ def valid_graphs(draw):
     }
 
 
-@fuzz(900)
+@st.composite
+def valid_mlps(draw):
+    """Well-formed MLP specs: every activation (with parameters and formulas), encodings, skips."""
+    n_vars = draw(st.integers(1, 3))
+    inputs = {f"t{k}": 1 for k in range(n_vars)}
+    inputs["y"] = draw(st.integers(1, 2))
+    hidden = draw(st.lists(st.integers(1, 6), min_size=1, max_size=3))
+    act = st.one_of(
+        st.sampled_from(sorted(k for k in GRAPH_OPS if k in ELEMENTWISE or k == "log")),
+        st.builds(lambda w: {"name": "sine", "w0": w}, st.floats(0.5, 3)),
+        st.builds(lambda a: {"name": "elu", "alpha": a}, st.floats(0.1, 2)),
+        st.sampled_from([{"formula": "x*tanh(softplus(x))"}, {"formula": "sin(x)*x"}, {"formula": "x**3/3"}]),
+    )
+    mlp = {
+        "hidden": hidden,
+        "activation": draw(st.one_of(act, st.lists(act, min_size=len(hidden), max_size=len(hidden)))),
+    }
+    if draw(st.booleans()):
+        mlp["encoding"] = {
+            "inputs": draw(st.lists(st.sampled_from(sorted(inputs)), min_size=1, max_size=2, unique=True)),
+            "frequencies": draw(st.integers(1, 3)),
+            "include_input": draw(st.booleans()),
+        }
+    if len(hidden) > 1 and draw(st.booleans()):
+        mlp["skips"] = [draw(st.integers(1, len(hidden) - 1))]
+    return {
+        "name": "fm",
+        "inputs": inputs,
+        "integrate": [f"t{k}" for k in range(n_vars)],
+        "output": draw(st.integers(1, 2)),
+        "mlp": mlp,
+        "dtype": "float64",
+        "seed": 0,
+        "init": draw(st.sampled_from(["default", "siren", "xavier"])),
+    }
+
+
+@fuzz(600)
 @given(st.one_of(mlp_specs(), graph_specs(), ANY))
 def test_fuzz_dict_specs_through_the_compiler(spec):
     _count("dict specs")
@@ -335,8 +372,8 @@ def test_fuzz_dict_specs_through_the_compiler(spec):
     _count("dict specs compiled")
 
 
-@fuzz(60)
-@given(valid_graphs())
+@fuzz(50)
+@given(st.one_of(valid_graphs(), valid_mlps()))
 def test_fuzz_compiled_graphs_import_and_match_nested_jvp(spec):
     """Graphs that compile must import and give the derivative torch itself computes."""
     import torch

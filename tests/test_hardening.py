@@ -353,6 +353,20 @@ def test_load_checkpoint_reads_only_bounded_regular_files(tmp_path, what):
         _bounded(lambda: load_checkpoint(path, net))
 
 
+def test_read_metadata_reads_only_the_header(tmp_path):
+    from autoint_compiler.checkpoint import read_metadata
+
+    net = ac.compile(SPEC)
+    path = save_checkpoint(tmp_path / "a.safetensors", net, extra={"step": 3})
+    with open(path, "r+b") as fh:
+        fh.truncate(2**40)  # a terabyte of holes after the real content
+    t0 = time.perf_counter()
+    assert read_metadata(path)["step"] == "3"
+    assert time.perf_counter() - t0 < 2
+    with pytest.raises(CheckpointError, match="larger than"):
+        load_checkpoint(path, net)
+
+
 def test_save_checkpoint_writes_through_symlinks(tmp_path):
     net = ac.compile(SPEC)
     real = tmp_path / "store" / "model.safetensors"
