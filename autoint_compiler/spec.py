@@ -80,7 +80,7 @@ def _check_activation(value: Any) -> Any:
     if extra:
         raise ValueError(f"unknown key {extra[0]!r} (expected name, w0, alpha or formula)")
     name = value.get("name")
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         known = ", ".join(sorted(ACTIVATIONS))
         raise ValueError(f"unknown activation {name!r}; expected one of: {known}; or {{formula: '...'}}")
     allowed = {p for p, _ in ACTIVATIONS[name].params}

@@ -361,8 +361,67 @@ def valid_mlps(draw):
     }
 
 
+def _paths(obj, prefix=()):
+    """Every (path, value) in a nested dict/list spec."""
+    yield prefix, obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, (*prefix, i))
+
+
+HOSTILE = st.one_of(
+    NUMBERS,
+    SCALARS,
+    ANY,
+    st.sampled_from(
+        [10**400, -(10**400), float("nan"), float("inf"), 2**64, {"formula": "x*log(0)"}, "x" * 300, [], {}]
+    ),
+)
+
+
+@st.composite
+def mutated_specs(draw):
+    """A well-formed spec (an example, or a generated MLP or graph) with one to three parts replaced
+    by hostile values, deleted, or joined by an unknown key: most of it stays valid, so the hostile
+    part reaches the deeper checks."""
+    import copy
+
+    import yaml
+    from conftest import REPO_ROOT
+
+    base = draw(
+        st.one_of(
+            st.sampled_from(sorted((REPO_ROOT / "examples").glob("*.yaml"))).map(
+                lambda p: yaml.safe_load(p.read_text())
+            ),
+            valid_mlps(),
+            valid_graphs(),
+        )
+    )
+    spec = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p, _ in _paths(spec) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = spec
+        for part in path[:-1]:
+            parent = parent[part]
+        action = draw(st.integers(0, 5))
+        if action == 0 and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif action == 1 and isinstance(parent, dict):
+            parent[draw(NAMES)] = draw(HOSTILE)
+        else:
+            parent[path[-1]] = draw(HOSTILE)
+    return spec
+
+
 @fuzz(600)
-@given(st.one_of(mlp_specs(), graph_specs(), ANY))
+@given(st.one_of(mutated_specs(), mlp_specs(), graph_specs(), ANY))
 def test_fuzz_dict_specs_through_the_compiler(spec):
     _count("dict specs")
     try:
