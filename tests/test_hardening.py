@@ -188,7 +188,7 @@ def test_formula_nest_with_three_variables_is_refused_up_front():
         text = three + f"mlp: {{hidden: [4], activation: {{formula: '{'sin(' * k + 'x' + ')' * k}'}}}}\n"
         t0 = time.perf_counter()
         assert "derivative 3 of the formula" in _spec_error(text)
-        assert time.perf_counter() - t0 < 3
+        assert time.perf_counter() - t0 < 10  # (it took over 240 s; ~0.5 s here, more on busy cores)
     one = three.replace("integrate: [a, b, c]", "integrate: [a]")
     load_spec(one + "mlp: {hidden: [4], activation: {formula: 'sin(sin(sin(sin(sin(sin(sin(sin(x))))))))'}}\n")
 
