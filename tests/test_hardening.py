@@ -106,7 +106,7 @@ def test_deep_nesting_is_refused_fast(depth, kind):
     text = HEAD + "output: 1\nmlp: " + inner[0] * n + "1" + inner[1] * n + "\n"
     t0 = time.perf_counter()
     assert "nested deeper than" in _spec_error(text)
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 15
     data: object = 1
     for _ in range(min(depth, 5000)):
         data = [data]
@@ -123,7 +123,7 @@ def test_self_referencing_data_and_alias_bombs():
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
     t0 = time.perf_counter()
     assert "too large" in _spec_error("\n".join(lines) + "\n" + HEAD + "output: 1\nmlp: {hidden: *a8}\n")
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 15
 
 
 @pytest.mark.parametrize("key", ["1", "1.5", "~", "true", "2001-01-01", "[1, 2]", "{a: 1}"])
@@ -177,7 +177,7 @@ def test_formula_nests_are_refused_fast(fn):
         t0 = time.perf_counter()
         with pytest.raises(FormulaError, match="nests deeper|longer than"):
             parse_formula(f)
-        assert time.perf_counter() - t0 < 1
+        assert time.perf_counter() - t0 < 3
 
 
 def test_formula_nest_with_three_variables_is_refused_up_front():
@@ -362,7 +362,7 @@ def test_read_metadata_reads_only_the_header(tmp_path):
         fh.truncate(2**40)  # a terabyte of holes after the real content
     t0 = time.perf_counter()
     assert read_metadata(path)["step"] == "3"
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 5
     with pytest.raises(CheckpointError, match="larger than"):
         load_checkpoint(path, net)
 
