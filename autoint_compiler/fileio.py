@@ -93,7 +93,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mkdir: bool = Tr
             raise UnsafeFileError(f"{path}: refusing to replace it: {kind}")
         mode = stat.S_IMODE(st.st_mode)
     directory = target.parent if str(target.parent) else Path(".")
-    if mkdir:
+    if mkdir and target == path:  # a symlink's target folder is never created on its behalf
         directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=directory)
     try:
@@ -119,10 +119,17 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
 
 
 def remove_stale_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Delete temporary files a killed writer left in ``directory`` (those of ``name`` only, if
-    given). Returns what was removed. Only call it when no other process writes there."""
+    """Delete temporary files a killed writer left in ``directory``: those of the file ``name``
+    (``.<name>.<random>.tmp``), or, with ``name`` ending in ``*``, of every file whose name starts
+    with the rest (``"step-*"``); ``None``: every ``.*.tmp``. Returns what was removed. Only call it
+    when no other process writes there."""
     directory = Path(directory)
-    prefix = f".{name}." if name else "."
+    if name is None:
+        prefix = "."
+    elif name.endswith("*"):
+        prefix = "." + name[:-1]
+    else:
+        prefix = f".{name}."
     removed = []
     try:
         entries = list(directory.iterdir())

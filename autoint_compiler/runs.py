@@ -124,8 +124,9 @@ class RunDir:
         distributed.barrier()  # every rank has looked before rank 0 changes anything
         if self.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            fileio.remove_stale_temps(self.ckpt_dir)
-            fileio.remove_stale_temps(self.path)
+            fileio.remove_stale_temps(self.ckpt_dir, "step-*")  # only this module's files: the
+            for own in ("spec.yaml", "config.json", "log.jsonl"):  # folder may hold a user's others
+                fileio.remove_stale_temps(self.path, own)
             for step, path in list_checkpoints(self.path):  # unreadable leftovers newer than the resume point
                 if found is None or step > found[0]:
                     path.unlink()

@@ -384,6 +384,11 @@ def test_save_checkpoint_writes_through_symlinks(tmp_path):
         other = ac.compile(SPEC)
         load_checkpoint(real, other)
         assert torch.equal(next(other.parameters()), next(net.parameters()))
+    nowhere = tmp_path / "nowhere.safetensors"
+    nowhere.symlink_to(tmp_path / "no" / "such" / "dir.safetensors")
+    with pytest.raises(FileNotFoundError):  # like open(): no folder is created for a link's target
+        save_checkpoint(nowhere, net)
+    assert not (tmp_path / "no").exists()
     dangling = tmp_path / "dangling.safetensors"
     dangling.symlink_to(tmp_path / "store" / "new.safetensors")
     save_checkpoint(dangling, net)
@@ -428,8 +433,12 @@ def test_stale_temp_cleanup(tmp_path):
     (tmp_path / ".a.txt.abc.tmp").write_text("half")
     (tmp_path / "keep.tmp").write_text("not ours")
     (tmp_path / ".other").write_text("not ours")
-    assert [p.name for p in fileio.remove_stale_temps(tmp_path)] == [".a.txt.abc.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other", "keep.tmp"]
+    (tmp_path / ".step-00000100.safetensors.x1.tmp").write_text("half")
+    (tmp_path / ".b.txt.x2.tmp").write_text("someone else's")
+    assert [p.name for p in fileio.remove_stale_temps(tmp_path, "a.txt")] == [".a.txt.abc.tmp"]
+    assert [p.name for p in fileio.remove_stale_temps(tmp_path, "step-*")] == [".step-00000100.safetensors.x1.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.txt.x2.tmp", ".other", "keep.tmp"]
+    assert [p.name for p in fileio.remove_stale_temps(tmp_path)] == [".b.txt.x2.tmp"]
 
 
 # --------------------------------------------------------------------------- experiment flags
