@@ -67,6 +67,29 @@ def run_stage(which: str, run_dir: str | None = None) -> dict:
     }
 
 
+def run_samples_stage() -> dict:
+    """fit_samples under torchrun: each rank draws its half of the batch from its own generator."""
+    import autoint_compiler as ac
+    from autoint_compiler.train import TrainConfig, fit_samples
+
+    net = ac.compile(SPEC)
+    first: list[list[float]] = []
+
+    def sample(n, gen):
+        x = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 2 - 1
+        if not first:
+            first.append(x[:, 0].tolist())
+        return x, torch.sin(3 * x[:, :1]) * x[:, 1:]
+
+    cfg = TrainConfig(steps=STEPS, lr=1e-2, batch_size=GLOBAL_BATCH, progress=False, threads=1, seed=7)
+    hist = fit_samples(net, sample, cfg)
+    return {
+        "params": {k: v.tolist() for k, v in net.integral.state_dict().items() if "weight" in k or "bias" in k},
+        "losses": hist.losses,
+        "first_batch": first[0],
+    }
+
+
 def main(out: str) -> int:
     from autoint_compiler import distributed
 
@@ -74,8 +97,11 @@ def main(out: str) -> int:
     distributed.setup()
     r = distributed.rank()
     report: dict = {"rank": r, "world": distributed.world_size(), "ddp": distributed.is_distributed()}
-    for which in ("integral", "grad"):
+    for which in ("integral", "grad", "samples"):
         try:
+            if which == "samples":
+                report[which] = run_samples_stage()
+                continue
             report[which] = run_stage(which, run_dir=str(Path(out) / f"run_{which}"))
         except Exception as exc:  # reported, so the test shows which stage failed and why
             report[which] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "tb": traceback.format_exc()[-1500:]}

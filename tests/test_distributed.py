@@ -134,7 +134,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in reports] == [2, 2] and all(r["ddp"] for r in reports)
-    failures = {f"rank{r['rank']}.{w}": r[w]["error"] for r in reports for w in ("integral", "grad") if "error" in r[w]}
+    stages = ("integral", "grad", "samples")
+    failures = {f"rank{r['rank']}.{w}": r[w]["error"] for r in reports for w in stages if "error" in r[w]}
     assert not failures, failures
     for which in ("integral", "grad"):
         a, b = reports[0][which], reports[1][which]
@@ -146,3 +147,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         assert torch.allclose(torch.tensor(a["losses"]), torch.tensor(single["losses"]), rtol=1e-9)
         ckpts = sorted(p.name for p in (tmp_path / f"run_{which}" / "checkpoints").iterdir())
         assert ckpts == ["step-00000002.safetensors", "step-00000004.safetensors", "step-00000005.safetensors"]
+    # fit_samples: each rank sampled its own half-batch (per-rank seeds), the parameters stayed in sync
+    a, b = reports[0]["samples"], reports[1]["samples"]
+    assert len(a["first_batch"]) == len(b["first_batch"]) == ddp_worker.GLOBAL_BATCH // 2
+    assert a["first_batch"] != b["first_batch"]
+    assert a["params"] == b["params"] and a["losses"] == b["losses"]
