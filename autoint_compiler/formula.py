@@ -34,6 +34,15 @@ FORMULA_CONSTANTS = {"pi": sp.pi, "e": sp.E}
 MAX_FORMULA_CHARS = 400
 MAX_CONSTANT = 1e6
 MAX_EXPONENT = 64
+#: nesting depth of calls and operators in a formula (``sin(sin(sin(x)))`` has depth 4)
+MAX_FORMULA_DEPTH = 12
+#: nodes of the parsed formula (numbers, names, operators, calls)
+MAX_FORMULA_NODES = 120
+#: x-dependent exponents inside x-dependent exponents (``x**x`` is 1, a power tower ``x**x**x`` 2)
+MAX_POWER_NESTING = 1
+#: operations (sympy ``count_ops``) of the highest derivative the compiler will need; compile time
+#: grows with it (the fused backward differentiates it once more and prints it)
+MAX_DERIVATIVE_OPS = 1500
 
 
 class FormulaError(ValueError):
@@ -51,10 +60,61 @@ def parse_formula(text: str) -> sp.Expr:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"not a valid expression ({exc.msg} at column {exc.offset})") from None
+    except (RecursionError, MemoryError, ValueError):  # pragma: no cover - 400 characters cannot nest that deep
+        raise FormulaError("formula nests too deeply") from None
+    _check_shape(tree.body)
     expr = _build(tree.body)
     if not expr.has(x):
         raise FormulaError("formula does not use x")
+    if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan, sp.I):
+        raise FormulaError("formula has an infinite, undefined or complex constant part")
     return expr
+
+
+def _check_shape(root: ast.AST) -> None:
+    """Depth, size and power-tower limits, checked on the syntax tree before sympy sees it."""
+    count = 0
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if depth > MAX_FORMULA_DEPTH:
+            raise FormulaError(f"formula nests deeper than {MAX_FORMULA_DEPTH} levels")
+        if count > MAX_FORMULA_NODES:
+            raise FormulaError(f"formula has more than {MAX_FORMULA_NODES} terms, operators and calls")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node) if not _is_context(child))
+    _power_nesting(root, 0)
+
+
+def _is_context(node: ast.AST) -> bool:
+    return isinstance(node, (ast.expr_context, ast.operator, ast.unaryop))
+
+
+def _uses_x(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == "x" for n in ast.walk(node))
+
+
+def _power_nesting(node: ast.AST, level: int) -> None:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _uses_x(node.right):
+        level += 1
+        if level > MAX_POWER_NESTING:
+            raise FormulaError("power towers (an exponent with x inside an exponent with x) are not allowed")
+    for child in ast.iter_child_nodes(node):
+        _power_nesting(child, level)
+
+
+def check_derivative_cost(expr: sp.Expr, order: int) -> None:
+    """Refuse a formula whose ``order``-th derivative is too large to compile in reasonable time
+    (``MAX_DERIVATIVE_OPS`` operations). ``order`` is the number of integration variables."""
+    d = expr
+    for k in range(max(0, int(order))):
+        d = sp.diff(d, x)
+        ops = sp.count_ops(d)
+        if ops > MAX_DERIVATIVE_OPS:
+            raise FormulaError(
+                f"derivative {k + 1} of the formula has {ops} operations (at most {MAX_DERIVATIVE_OPS}); "
+                "simplify the formula or integrate over fewer variables"
+            )
 
 
 _BINOPS = {
@@ -70,8 +130,9 @@ def _build(node: ast.AST) -> sp.Expr:
         v = node.value
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise FormulaError(f"only numbers are allowed as constants, not {v!r}")
-        if not math.isfinite(v) or abs(v) > MAX_CONSTANT:
-            raise FormulaError(f"constant {v!r} out of range (|c| <= {MAX_CONSTANT:g})")
+        if (isinstance(v, float) and not math.isfinite(v)) or abs(v) > MAX_CONSTANT:
+            shown = repr(v) if len(repr(v)) <= 24 else f"{repr(v)[:12]}... ({len(repr(v))} digits)"
+            raise FormulaError(f"constant {shown} out of range (|c| <= {MAX_CONSTANT:g})")
         return sp.Integer(v) if isinstance(v, int) else sp.Float(v)
     if isinstance(node, ast.Name):
         if node.id == "x":
@@ -84,6 +145,8 @@ def _build(node: ast.AST) -> sp.Expr:
         return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp):
         a, b = _build(node.left), _build(node.right)
+        if isinstance(node.op, ast.Div) and b.is_number and b == 0:
+            raise FormulaError("division by zero")
         if type(node.op) in _BINOPS:
             return _bounded(_BINOPS[type(node.op)](a, b))
         if isinstance(node.op, ast.Pow):
@@ -104,7 +167,7 @@ def _build(node: ast.AST) -> sp.Expr:
             raise FormulaError(f"function {node.func.id!r} is not allowed (allowed: {known})")
         if node.keywords or len(node.args) != 1:
             raise FormulaError(f"{node.func.id}() takes exactly one positional argument")
-        return FORMULA_FUNCTIONS[node.func.id](_build(node.args[0]))
+        return _bounded(FORMULA_FUNCTIONS[node.func.id](_build(node.args[0])))
     raise FormulaError(f"{_syntax_name(node)} is not allowed in a formula")
 
 
@@ -145,11 +208,16 @@ def _syntax_name(node: ast.AST) -> str:
 
 def _bounded(value: sp.Expr) -> sp.Expr:
     """A numeric subexpression must stay a finite float (a formula is printed as float literals)."""
+    if value.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+        raise FormulaError(f"constant subexpression {sp.sstr(value)[:40]} is infinite or undefined")
     if value.is_number:
         try:
-            v = abs(complex(value.evalf(17)))
+            c = complex(value.evalf(17))
+            v = abs(c)
         except (OverflowError, ValueError, TypeError):
-            v = math.inf
+            c, v = 0j, math.inf
+        if math.isfinite(v) and abs(c.imag) > 1e-12 * max(1.0, v):
+            raise FormulaError(f"constant subexpression {sp.sstr(value)[:40]} is complex (only real values)")
         if not math.isfinite(v) or v > 10.0**MAX_MAGNITUDE:
             raise FormulaError(f"constant subexpression {sp.sstr(value)[:40]} is out of range (over 1e{MAX_MAGNITUDE})")
     return value

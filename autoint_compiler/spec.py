@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import reprlib
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -20,11 +22,25 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .activations import ACTIVATIONS, FormulaError, parse_formula
 from .errors import SpecError
+from .formula import check_derivative_cost
 from .names import is_identifier, safe_identifier
 
 # ---------------------------------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------------------------------
+
+# Budgets, checked before anything is built or allocated (documented in README "Limits").
+MAX_WIDTH = 65536  # any layer, constant or encoding output
+MAX_OCTAVES = 32  # positional-encoding frequencies (2^31 pi is still exact in float32)
+MAX_W0 = 1e4  # sine frequency
+MAX_ALPHA = 1e3  # |alpha| of elu
+MAX_PARAMETERS = 2**27  # ~134M parameters: 0.5 GiB in float32, 1 GiB in float64
+MAX_GRAPH_NODES = 10_000
+MAX_SPEC_BYTES = 1_000_000  # a spec file or string
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_ITEMS = 200_000  # scalars, mappings and lists, counted with every alias expanded
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -48,9 +64,7 @@ def _check_activation(value: Any) -> Any:
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
-        raise ValueError(
-            f"expected an activation name, {{name: ..., w0: ...}} or {{formula: '...'}}, got {value!r}"
-        )
+        raise ValueError(f"expected an activation name, {{name: ..., w0: ...}} or {{formula: '...'}}, got {value!r}")
     if "formula" in value:
         extra = sorted(set(value) - {"formula"})
         if extra:
@@ -64,7 +78,7 @@ def _check_activation(value: Any) -> Any:
     if extra:
         raise ValueError(f"unknown key {extra[0]!r} (expected name, w0, alpha or formula)")
     name = value.get("name")
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         known = ", ".join(sorted(ACTIVATIONS))
         raise ValueError(f"unknown activation {name!r}; expected one of: {known}; or {{formula: '...'}}")
     allowed = {p for p, _ in ACTIVATIONS[name].params}
@@ -74,10 +88,22 @@ def _check_activation(value: Any) -> Any:
                 raise ValueError(f"activation {name!r} takes no parameter {key!r}")
             v = value[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{key} must be a number, got {v!r}")
-    if "w0" in value and not value["w0"] > 0:
-        raise ValueError(f"w0 must be > 0, got {value['w0']!r}")
+                raise ValueError(f"{key} must be a number, got {_short(v)}")
+            problem = _param_problem(key, v)
+            if problem:
+                raise ValueError(problem)
     return NamedActivation(**{k: (float(v) if k != "name" else v) for k, v in value.items()})
+
+
+def _param_problem(key: str, v: Any) -> str | None:
+    """Range of an activation parameter (MLP and graph form alike), or ``None`` if it is fine."""
+    if isinstance(v, int) and abs(v) > 10**18 or isinstance(v, float) and not math.isfinite(v):
+        return f"{key} must be a finite number, got {_short(v)}"
+    if key == "w0" and not 0 < v <= MAX_W0:
+        return f"w0 must be > 0 and <= {MAX_W0:g}, got {_short(v)}"
+    if key == "alpha" and not abs(v) <= MAX_ALPHA:
+        return f"alpha must be between -{MAX_ALPHA:g} and {MAX_ALPHA:g}, got {_short(v)}"
+    return None
 
 
 class EncodingSpec(_Strict):
@@ -88,10 +114,10 @@ class EncodingSpec(_Strict):
     @field_validator("frequencies")
     @classmethod
     def _frequencies(cls, v):
-        for key, n in (v.items() if isinstance(v, dict) else [(None, v)]):
-            if not 1 <= n <= 32:
+        for key, n in v.items() if isinstance(v, dict) else [(None, v)]:
+            if not 1 <= n <= MAX_OCTAVES:
                 where = f"[{key!r}]: " if key is not None else ""
-                raise ValueError(f"{where}expected a number of octaves between 1 and 32, got {n}")
+                raise ValueError(f"{where}expected a number of octaves between 1 and {MAX_OCTAVES}, got {n}")
         return v
 
     def octaves(self, name: str) -> int:
@@ -109,8 +135,8 @@ class MLPSpec(_Strict):
     @classmethod
     def _widths(cls, v: list[int]) -> list[int]:
         for i, w in enumerate(v):
-            if not 1 <= w <= 65536:
-                raise ValueError(f"hidden[{i}]: expected a width between 1 and 65536, got {w}")
+            if not 1 <= w <= MAX_WIDTH:
+                raise ValueError(f"hidden[{i}]: expected a width between 1 and {MAX_WIDTH}, got {_short(w)}")
         return v
 
     @field_validator("activation", mode="before")
@@ -173,7 +199,7 @@ class NetworkSpec(_Strict):
     backend: Literal["torch", "triton"] = "torch"
     dtype: Literal["float32", "float64"] = "float32"
     init: Literal["default", "siren", "xavier"] = "default"
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     _source: str = PrivateAttr(default="<dict>")  # where it was read from, for errors found later
 
     @property
@@ -252,57 +278,215 @@ def load_spec(spec: Any) -> NetworkSpec:
     return validate(data, source)
 
 
+def _looks_like_path(spec: str) -> bool:
+    if "\n" in spec or len(spec) > 4096:
+        return False
+    text = spec.strip()
+    if text.lower().endswith((".yaml", ".yml")):
+        return True
+    try:  # a one-line string naming an existing file is that file (whatever its suffix)
+        return bool(text) and not text.startswith(("{", "[")) and Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read(spec: Any) -> tuple[str, Any]:
     if isinstance(spec, dict):
         return "<dict>", spec
-    if isinstance(spec, os.PathLike) or (
-        isinstance(spec, str) and "\n" not in spec and spec.strip().endswith((".yaml", ".yml"))
-    ):
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
+        from . import fileio
+
         path = Path(spec)
-        if not path.is_file():
-            raise SpecError(str(path), [("", "file not found")])
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            raw = fileio.read_regular_file(path, MAX_SPEC_BYTES)
+        except FileNotFoundError:
+            raise SpecError(str(path), [("", "file not found")]) from None
+        except fileio.UnsafeFileError as exc:
+            why = str(exc).split(": ", 1)[-1]
+            raise SpecError(str(path), [("", f"cannot read the spec: {why}")]) from None
+        except OSError as exc:
             raise SpecError(str(path), [("", f"cannot read the file ({exc.__class__.__name__}: {exc})")]) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(str(path), [("", f"cannot read the file (not UTF-8: {exc.reason})")]) from None
         return str(path), _parse_yaml(text, str(path))
     if isinstance(spec, str):
+        if len(spec) > MAX_SPEC_BYTES:
+            raise SpecError("<string>", [("", f"spec text longer than {MAX_SPEC_BYTES} characters")])
         return "<string>", _parse_yaml(spec, "<string>")
     raise SpecError("<spec>", [("", f"expected a path, a YAML string or a dict, got {type(spec).__name__}")])
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MAX_INT_DIGITS = 40
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys (plain PyYAML keeps the last one silently)."""
+    """``yaml.SafeLoader`` that refuses duplicate keys (plain PyYAML keeps the last one silently),
+    accepts merge keys (``<<: *base``; explicit keys override merged ones), reads ``3e1`` as a
+    number (YAML 1.2; YAML 1.1 wants ``3.0e+1``) and refuses integers of more than 40 digits."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a {type(key).__name__} cannot be a key", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+                    None, None, f"duplicate key {_short(key)} (first on line {seen[key] + 1})", key_node.start_mark
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node):
+        text = str(node.value)
+        digits = sum(ch.isalnum() for ch in text)
+        if digits > _MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {digits} digits is out of range", node.start_mark
+            )
+        return super().construct_yaml_int(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
 
 def _parse_yaml(text: str, source: str) -> Any:
     try:
+        depth = events = 0
+        for event in yaml.parse(text, Loader=_StrictLoader):  # the parser does not recurse; the composer does
+            events += 1
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    raise SpecError(
+                        source,
+                        [
+                            (
+                                "",
+                                f"invalid YAML: line {mark.line + 1}, column {mark.column + 1}: "
+                                f"nested deeper than {MAX_DEPTH} levels",
+                            )
+                        ],
+                    )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            if events > MAX_ITEMS:
+                raise SpecError(source, [("", f"spec too large (over {MAX_ITEMS} YAML nodes)")])
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(source, [("", f"invalid YAML: {where}{problem}")]) from None
+    except SpecError:
+        raise
+    except (ValueError, RecursionError, OverflowError) as exc:  # e.g. an int the constructor cannot hold
+        raise SpecError(source, [("", f"invalid YAML: {_short(str(exc))}")]) from None
+
+
+def _data_problems(data: Any) -> list[tuple[str, str]]:
+    """Structure checks before the schema: depth, size with every alias expanded, self-reference,
+    non-string keys, numbers that are not finite or do not fit 64 bits.
+
+    Iterative (hostile input cannot recurse) and linear in the *distinct* containers: a container
+    shared through YAML aliases is walked once, its expanded size and height memoised, so an alias
+    bomb is measured without being expanded."""
+    problems: list[tuple[str, str]] = []
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, str, int, bool]] = [(data, "", 0, False)]
+    while stack:
+        obj, path, depth, done = stack.pop()
+        is_dict = isinstance(obj, dict)
+        if not is_dict and not isinstance(obj, (list, tuple)):
+            problem = _scalar_problem(obj)
+            if problem:
+                problems.append((path, problem))
+                if len(problems) >= 20:
+                    break
+            continue
+        oid = id(obj)
+        children = list(obj.values()) if is_dict else list(obj)
+        if done:
+            on_path.discard(oid)
+            total, h = 1, 0
+            for c in children:
+                if isinstance(c, (dict, list, tuple)):
+                    total += size.get(id(c), 1)
+                    h = max(h, height.get(id(c), 0) + 1)
+                else:
+                    total += 1
+            size[oid], height[oid] = total, h
+            if total > MAX_ITEMS:
+                return [("", f"spec too large (over {MAX_ITEMS} values once aliases are expanded)")]
+            if depth + h > MAX_DEPTH:
+                return [(_short_path(path), f"nested deeper than {MAX_DEPTH} levels")]
+            continue
+        if oid in size:
+            if depth + height[oid] > MAX_DEPTH:
+                return [(_short_path(path), f"nested deeper than {MAX_DEPTH} levels")]
+            continue
+        if oid in on_path:
+            return [(_short_path(path), "refers to itself (a recursive alias)")]
+        if depth > MAX_DEPTH:
+            return [(_short_path(path), f"nested deeper than {MAX_DEPTH} levels")]
+        on_path.add(oid)
+        stack.append((obj, path, depth, True))
+        if is_dict:
+            for key, value in obj.items():
+                if not isinstance(key, str):
+                    problems.append((path or "(top level)", f"key {_short(key)} is not a string (quote it)"))
+                    continue
+                stack.append((value, f"{path}.{key}" if path else key, depth + 1, False))
+        else:
+            for i, value in enumerate(obj):
+                stack.append((value, f"{path}[{i}]", depth + 1, False))
+    return problems
+
+
+def _short_path(path: str) -> str:
+    return path if len(path) <= 60 else path[:40] + "..."
+
+
+def _scalar_problem(obj: Any) -> str | None:
+    if isinstance(obj, bool):
+        return None
+    if isinstance(obj, int) and not SEED_RANGE[0] <= obj <= SEED_RANGE[1]:
+        digits = len(str(abs(obj))) if obj.bit_length() < 14000 else "over 4000"
+        return f"integer of {digits} digits is out of range"
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"expected a finite number, got {obj}"
+    return None
 
 
 def validate(data: Any, source: str = "<dict>") -> NetworkSpec:
     if not isinstance(data, dict):
         raise SpecError(source, [("", f"expected a mapping at the top level, got {_kind(data)}")])
+    problems = _data_problems(data)
+    if problems:
+        raise SpecError(source, problems)
     try:
         spec = NetworkSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(source, [_describe(e) for e in exc.errors()]) from None
+    except (RecursionError, OverflowError, ValueError) as exc:  # pragma: no cover - guarded by _data_problems
+        raise SpecError(source, [("", f"cannot validate the spec ({_short(str(exc))})")]) from None
     problems = _semantic_problems(spec)
     if problems:
         raise SpecError(source, problems)
@@ -353,7 +537,7 @@ def _describe(err: dict) -> tuple[str, str]:
         msg = str(ctx.get("error", err["msg"]))
         if msg.startswith("hidden["):  # the widths validator names the element itself
             idx, _, rest = msg.partition(": ")
-            return f"{path}{idx[len('hidden'):]}", rest
+            return f"{path}{idx[len('hidden') :]}", rest
         if msg.startswith("[") and "]: " in msg:
             idx, _, rest = msg.partition(": ")
             return f"{path}{idx}", rest
@@ -448,7 +632,97 @@ def _semantic_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
         problems += _mlp_problems(spec)
     else:
         problems += _graph_problems(spec)
+    if problems:
+        return problems
+    problems += _budget_problems(spec)
+    problems += _formula_cost_problems(spec)
     return problems
+
+
+def _formula_cost_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
+    """Each formula's derivatives up to the integration order must stay small (compile time)."""
+    order = len(spec.integrate)
+    found: list[tuple[str, str]] = []
+    if spec.mlp is not None:
+        acts = spec.mlp.activation if isinstance(spec.mlp.activation, list) else [spec.mlp.activation]
+        for i, act in enumerate(acts):
+            if isinstance(act, FormulaActivation):
+                where = "mlp.activation" + (f"[{i}]" if isinstance(spec.mlp.activation, list) else "")
+                found.append((where, act.formula))
+    else:
+        for i, node in enumerate(spec.graph or []):
+            if node.op == "formula":
+                found.append((f"graph[{i}].formula", node_attrs(node)["formula"]))
+    problems = []
+    for where, text in found:
+        try:
+            check_derivative_cost(parse_formula(text), order)
+        except FormulaError as exc:
+            problems.append((where, f"bad formula: {exc}"))
+    return problems
+
+
+def parameter_count(spec: NetworkSpec) -> tuple[int, int]:
+    """``(parameters, widest layer)`` of a validated spec, computed from the spec alone (nothing is
+    built): the budget :data:`MAX_PARAMETERS` is checked against it before anything is allocated."""
+    if spec.mlp is not None:
+        mlp = spec.mlp
+        enc = mlp.encoding
+        width_in = 0
+        for name, dim in spec.inputs.items():
+            if enc is not None and name in enc.inputs:
+                width_in += dim * (2 * enc.octaves(name) + (1 if enc.include_input else 0))
+            else:
+                width_in += dim
+        total, prev, widest = 0, width_in, width_in
+        for i, h in enumerate(mlp.hidden):
+            fan_in = prev + (width_in if i in mlp.skips else 0)
+            total += fan_in * h + (h if mlp.bias else 0)
+            prev, widest = h, max(widest, h, fan_in)
+        out = spec.output or 1
+        total += prev * out + (out if mlp.bias else 0)
+        return total, widest
+    widths = dict(spec.inputs)
+    total = widest = 0
+    for node in spec.graph or []:
+        a = node_attrs(node)
+        w_in = sum(widths.get(r, 0) for r in node.inputs)
+        if node.op == "linear":
+            w = int(a["out"])
+            total += w_in * w + (w if a.get("bias", True) else 0)
+        elif node.op == "posenc":
+            w = w_in * (2 * int(a["frequencies"]) + (1 if a.get("include_input", True) else 0))
+        elif node.op == "constant":
+            w = int(a.get("out", 1))
+        elif node.op == "slice":
+            w = max(0, int(a["stop"]) - int(a["start"]))
+        elif node.op == "sum":
+            w = 1
+        elif node.op in BINARY_OPS:
+            w = max((widths.get(r, 0) for r in node.inputs), default=0)
+        else:
+            w = w_in
+        widths[node.name] = w
+        widest = max(widest, w, w_in)
+    return total, widest
+
+
+def _budget_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
+    params, widest = parameter_count(spec)
+    where = "mlp" if spec.mlp is not None else "graph"
+    if widest > MAX_WIDTH:
+        return [
+            (where, f"a layer would be {widest} wide (at most {MAX_WIDTH}, including encodings and concatenations)")
+        ]
+    if params > MAX_PARAMETERS:
+        return [
+            (
+                where,
+                f"the network would have {params:,} parameters (at most {MAX_PARAMETERS:,}: "
+                f"{MAX_PARAMETERS * 4 / 2**30:.1f} GiB in float32)",
+            )
+        ]
+    return []
 
 
 def _mlp_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
@@ -475,7 +749,9 @@ def _mlp_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
                 if name not in mlp.encoding.frequencies:
                     problems.append(("mlp.encoding.frequencies", f"missing the number of octaves for {name!r}"))
     for i, s in enumerate(mlp.skips):
-        if not 1 <= s < len(mlp.hidden):
+        if len(mlp.hidden) == 1:
+            problems.append((f"mlp.skips[{i}]", "no skip is possible with a single hidden layer"))
+        elif not 1 <= s < len(mlp.hidden):
             last = len(mlp.hidden) - 1
             problems.append((f"mlp.skips[{i}]", f"expected a hidden layer index between 1 and {last}, got {s}"))
     if len(set(mlp.skips)) != len(mlp.skips):
@@ -488,6 +764,8 @@ def _graph_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
     nodes = spec.graph
     if not nodes:
         return [("graph", "expected at least one node")]
+    if len(nodes) > MAX_GRAPH_NODES:
+        return [("graph", f"expected at most {MAX_GRAPH_NODES} nodes, got {len(nodes)}")]
     names: dict[str, int] = {}
     for i, node in enumerate(nodes):
         where = f"graph[{i}]"
@@ -536,10 +814,22 @@ def _graph_problems(spec: NetworkSpec) -> list[tuple[str, str]]:
         return [("graph", f"the nodes form a cycle: {path}")]
     except nx.NetworkXNoCycle:
         pass
+    last = nodes[-1].name
+    live = nx.ancestors(g, last) | {last}
+    for i, node in enumerate(nodes):
+        if node.name not in live:
+            msg = f"node {node.name!r} does not contribute to the output (the last node, {last!r}); remove it"
+            problems.append((f"graph[{i}]", msg))
+    if problems:
+        return problems
     used_inputs = {r for n in nodes for r in n.inputs}
     for var in spec.integrate:
         if var not in used_inputs:
             problems.append(("integrate", f"integration variable {var!r} is not used by any graph node"))
+    if not problems:
+        for name in spec.inputs:
+            if name not in used_inputs:  # the compiler cannot yet carry an input column nothing reads
+                problems.append((f"inputs.{name}", f"input {name!r} is not used by any graph node"))
     return problems
 
 
@@ -560,8 +850,22 @@ def _attr_problems(node: GraphNode, where: str) -> list[tuple[str, str]]:
             continue
         if not _type_ok(value, typ):
             problems.append((f"{where}.{key}", f"expected {_type_name(typ)}, got {_short(value)}"))
-        elif key in ("out", "frequencies") and value < 1:
-            problems.append((f"{where}.{key}", f"expected a value >= 1, got {value}"))
+        elif key == "out" and not 1 <= value <= MAX_WIDTH:
+            problems.append((f"{where}.{key}", f"expected a width between 1 and {MAX_WIDTH}, got {_short(value)}"))
+        elif key == "frequencies" and not 1 <= value <= MAX_OCTAVES:
+            msg = f"expected a number of octaves between 1 and {MAX_OCTAVES}, got {_short(value)}"
+            problems.append((f"{where}.{key}", msg))
+        elif key in ("start", "stop") and not 0 <= value <= MAX_WIDTH:
+            problems.append((f"{where}.{key}", f"expected an index between 0 and {MAX_WIDTH}, got {_short(value)}"))
+        elif key in ("w0", "alpha") and (problem := _param_problem(key, value)):
+            problems.append(
+                (
+                    f"{where}.{key}",
+                    problem.split(", got")[0].replace(f"{key} must be", "expected a number") + f", got {_short(value)}",
+                )
+            )
+        elif key == "value" and not math.isfinite(float(value)):
+            problems.append((f"{where}.{key}", f"expected a finite number, got {_short(value)}"))
         elif key == "formula":
             try:
                 parse_formula(value)

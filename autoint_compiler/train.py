@@ -14,7 +14,20 @@ Two kinds of supervision:
   ``mode="integral"`` the closed form ``net.integrate`` (two evaluations of the integral network)
   is used instead.
 
-Both are thin wrappers around :func:`train`, which takes any ``loss_fn(grad, generator, step)``.
+Both are thin wrappers around :func:`train`, which takes any ``loss_fn(module, generator, step)``.
+
+**Data-parallel training.** :func:`train` runs unchanged under ``torchrun --nproc-per-node N``: it joins
+the process group (gloo on CPU, nccl on CUDA; :mod:`autoint_compiler.distributed`), wraps the trained
+module in ``DistributedDataParallel``, seeds each rank's generator differently (rank 0 keeps
+``config.seed``), and the fitting functions draw ``batch_size / N`` samples per rank (from the rank's
+shard of the lines in :func:`fit_line_integrals`), so ``batch_size`` stays the global batch. Only rank
+0 shows progress and writes files. DDP does not support double backward
+(``autograd.grad(create_graph=True)``); the compiled grad network needs none, which is why it can be
+wrapped in DDP at all.
+
+**Resumable runs.** ``TrainConfig(run_dir=..., checkpoint_every=K, keep_checkpoints=M, resume=True)``
+keeps a run directory (:mod:`autoint_compiler.runs`) and continues from its newest checkpoint,
+bit-identically on CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from . import distributed
 
 __all__ = [
     "TrainConfig",
@@ -65,8 +80,28 @@ class TrainConfig:
     grad_clip: float | None = None
     weight_decay: float = 0.0
     threads: int | None = None  # CPU intra-op threads while training (None: leave torch's setting)
+    run_dir: str | None = None  # a run directory (spec, config, checkpoints): see autoint_compiler.runs
+    checkpoint_every: int = 0  # steps between checkpoints in run_dir (0: only at the end)
+    keep_checkpoints: int = 3  # the newest checkpoints kept in run_dir
+    resume: bool = False  # continue from run_dir's newest checkpoint (a fresh start if it has none)
 
     def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seed", "checkpoint_every", "keep_checkpoints"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        for name in ("lr", "lr_min_factor", "weight_decay", *(("grad_clip",) if self.grad_clip is not None else ())):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.batch_size < 1:
@@ -154,29 +189,41 @@ def train(
     *,
     desc: str = "train",
     callback: Callable[[int, float], None] | None = None,
+    module: str = "grad",
 ) -> History:
     """Optimise ``net``'s shared parameters with Adam to minimise ``loss_fn``.
 
-    ``loss_fn(grad, generator, step)`` gets the (optionally ``torch.compile``'d) grad module, a
-    ``torch.Generator`` on the training device (seeded from ``config.seed``) and the step index,
-    and returns a scalar loss. The parameters are those of ``net.integral`` (the grad network
-    shares them). ``net`` is moved to ``config.device`` first. ``callback(step, loss)``, if given,
-    is called every step with the loss as a float (this syncs the device; leave it out on GPU).
+    ``loss_fn(m, generator, step)`` gets the module to train through -- ``net.grad`` (``module=
+    "grad"``, the default) or ``net.integral`` (``module="integral"``), wrapped in
+    ``DistributedDataParallel`` under torchrun and in ``torch.compile`` with ``config.compile`` --
+    a ``torch.Generator`` on the training device (seeded from ``config.seed``, per rank) and the
+    step index, and returns a scalar loss. Call the module it is handed (not ``net.grad`` or
+    ``net.integrate``): that is what DDP synchronises. The parameters are those of
+    ``net.integral`` (the grad network shares them). ``net`` is moved to ``config.device`` first.
+    ``callback(step, loss)``, if given, is called every step with this rank's loss as a float
+    (this syncs the device; leave it out on GPU). ``History.losses`` are averaged over ranks.
     """
     cfg = config or TrainConfig()
+    if module not in ("grad", "integral"):
+        raise ValueError(f"module must be 'grad' or 'integral', got {module!r}")
     if cfg.threads is None:
-        return _train(net, loss_fn, cfg, desc, callback)
+        return _train(net, loss_fn, cfg, desc, callback, module)
     old = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(net, loss_fn, cfg, desc, callback)
+        return _train(net, loss_fn, cfg, desc, callback, module)
     finally:
         torch.set_num_threads(old)
 
 
-def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback) -> History:
+def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback, which: str) -> History:
+    if cfg.resume and cfg.run_dir is None:
+        raise ValueError("resume=True needs a run_dir")
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    if distributed.setup(device) and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", distributed.local_rank())
+    seed = distributed.rank_seed(cfg.seed)
+    torch.manual_seed(seed)
     net.integral.to(device)
     net.grad.to(device)
     params = list(net.integral.parameters())
@@ -185,30 +232,42 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback) -> History:
     grad_ids = {id(p) for p in net.grad.parameters()}
     if grad_ids and not grad_ids <= {id(p) for p in params}:
         raise ValueError("net.grad has parameters that net.integral does not: they must be shared")
-    grad_module: Callable[[torch.Tensor], torch.Tensor] = net.grad
+    target = net.grad if which == "grad" else net.integral
+    module: Callable[[torch.Tensor], torch.Tensor] = distributed.wrap(target, device)
     if cfg.compile:
         kw = {} if cfg.compile_backend is None else {"backend": cfg.compile_backend}
-        grad_module = torch.compile(net.grad, **kw)
+        module = torch.compile(module, **kw)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)
+    gen.manual_seed(seed)
 
     losses = torch.zeros(cfg.steps, dtype=torch.float64, device=device)
-    show = _show_progress(cfg.progress)
+    start = 0
+    run = found = None
+    if cfg.run_dir is not None:
+        from .runs import RunDir
+
+        run = RunDir(cfg.run_dir, net, cfg)
+        found = run.open(cfg.resume)
+        if found is not None:
+            start = run.restore(found[1], opt, gen, losses)
+    main = distributed.is_main()
+    show = _show_progress(cfg.progress) and main
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, desc=desc, disable=not show, dynamic_ncols=True, unit="step")
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not show, dynamic_ncols=True, unit="step")
     net.integral.train()
     net.grad.train()
     t0 = time.perf_counter()
     last_post = t0
+    every = cfg.checkpoint_every
     try:
-        for step in range(cfg.steps):
+        for step in range(start, cfg.steps):
             lr = _lr_at(cfg, step)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(grad_module, gen, step)
+            loss = loss_fn(module, gen, step)
             loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -216,6 +275,8 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback) -> History:
             losses[step] = loss.detach()
             if callback is not None:
                 callback(step, float(loss.detach()))
+            if run is not None and every and (step + 1) % every == 0 and step + 1 < cfg.steps:
+                run.save(step + 1, opt, gen, losses)
             if show:
                 bar.update(1)
                 now = time.perf_counter()
@@ -224,16 +285,19 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback) -> History:
                     last_post = now
     finally:
         bar.close()
+    if run is not None and (start < cfg.steps or found is None):
+        run.save(cfg.steps, opt, gen, losses)  # the final state (a resumed finished run has it already)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
     net.integral.eval()
     net.grad.eval()
+    done = cfg.steps - start
     return History(
-        losses=losses.cpu().tolist(),
+        losses=distributed.all_mean(losses).cpu().tolist(),
         steps=cfg.steps,
         wall_time=wall,
-        steps_per_s=cfg.steps / wall if wall > 0 else float("inf"),
+        steps_per_s=done / wall if wall > 0 else float("inf"),
         device=str(device),
         compiled=cfg.compile,
     )
@@ -249,13 +313,14 @@ def fit_samples(net: Any, sample_fn: SampleFn, config: TrainConfig | None = None
     """Fit ``net.grad`` to point samples: ``sample_fn(n, generator) -> (x [n, D], y [n, out])``.
 
     ``sample_fn`` should create its tensors on ``generator.device`` (the training device) in the
-    network's dtype; they are moved/cast if not.
+    network's dtype; they are moved/cast if not. Under torchrun each rank asks for its share of
+    ``config.batch_size`` from its own generator.
     """
     cfg = config or TrainConfig()
     dtype = _param_dtype(net)
 
     def loss_fn(grad, gen, step):
-        x, y = sample_fn(cfg.batch_size, gen)
+        x, y = sample_fn(distributed.local_batch(cfg.batch_size), gen)
         x = x.to(gen.device, dtype)
         y = y.to(gen.device, dtype)
         pred = grad(x)
@@ -347,8 +412,10 @@ def fit_line_integrals(
 
     ``mode="grad"`` (default): each step draws ``config.batch_size`` lines and estimates their
     integrals with ``n_samples`` stratified samples of the grad network along each line.
-    ``mode="integral"``: uses the closed form ``net.integrate`` (two integral-network evaluations
-    per line); ``n_samples`` is then unused. Only one integration variable is supported.
+    ``mode="integral"``: uses the closed form Phi(b) - Phi(a) (two evaluations per line of the
+    integral network, through the module :func:`train` hands over, so DDP and ``torch.compile``
+    wrap it); ``n_samples`` is then unused. Only one integration variable is supported. Under
+    torchrun each rank samples from its own contiguous shard of the lines.
     """
     cfg = config or TrainConfig()
     if mode not in ("grad", "integral"):
@@ -360,15 +427,25 @@ def fit_line_integrals(
     device = resolve_device(cfg.device)
     data = lines.to(device, _param_dtype(net))
     n_lines = len(data)
-    batch = min(cfg.batch_size, n_lines)
+    if n_lines == 0:
+        raise ValueError("no lines to fit")
 
-    def loss_fn(grad, gen, step):
-        idx = torch.randint(0, n_lines, (batch,), generator=gen, device=device)
+    def loss_fn(m, gen, step):
+        # this rank's shard of the lines and its share of the batch (the whole set on one process)
+        lo_i, hi_i = distributed.shard_range(n_lines)
+        if hi_i <= lo_i:
+            raise ValueError(f"{n_lines} lines cannot be shared among {distributed.world_size()} ranks")
+        batch = min(distributed.local_batch(cfg.batch_size), hi_i - lo_i)
+        idx = torch.randint(lo_i, hi_i, (batch,), generator=gen, device=gen.device)
         x, lo, hi, val = data.x[idx], data.lower[idx], data.upper[idx], data.value[idx]
         if mode == "grad":
-            pred = line_integral_mc(grad, x, lo, hi, column, n_samples, gen, stratified=True)
-        else:
-            pred = net.integrate(lo[:, None], hi[:, None], x)
+            pred = line_integral_mc(m, x, lo, hi, column, n_samples, gen, stratified=True)
+        else:  # Phi(b) - Phi(a) through the module handed in (DDP/compiled integral network)
+            ends = torch.cat([x, x], 0)
+            ends[:batch, column] = hi
+            ends[batch:, column] = lo
+            phi = m(ends)
+            pred = phi[:batch] - phi[batch:]
         return torch.mean((pred - val) ** 2)
 
-    return train(net, loss_fn, cfg, desc=desc)
+    return train(net, loss_fn, cfg, desc=desc, module="grad" if mode == "grad" else "integral")

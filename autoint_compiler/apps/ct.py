@@ -36,8 +36,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .. import distributed
 from ..train import History, LineData, TrainConfig, device_error, fit_line_integrals
 from . import ct_data
+from ._argtypes import SEED, int_range, positive_float
 from .ct_data import CTProblem, make_problem
 
 __all__ = [
@@ -308,14 +310,14 @@ def run_sweep(
             m.update({"train_s": 0.0, "eval_s": time.perf_counter() - t0, "final_loss": float("nan")})
             rows.append(_row(method, "", factor, prob, m, s))
             sinos[(method, factor)] = pred
-            if verbose:
+            if verbose and distributed.is_main():
                 print(f"[x{factor:>2}] {method:<9} PSNR {m['psnr']:6.2f} dB", flush=True)
         for act in ["spec"] if spec is not None else activations:
             _, hist, pred, m = fit_ct(prob, act, s, spec=spec)
             label = _act_label(act)
             rows.append(_row("autoint", label, factor, prob, m, s))
             sinos[(f"autoint-{label}", factor)] = pred
-            if verbose:
+            if verbose and distributed.is_main():
                 print(
                     f"[x{factor:>2}] autoint {label:<9} PSNR {m['psnr']:6.2f} dB "
                     f"(held-out angles {m['psnr_heldout']:6.2f}, measured {m['psnr_measured']:6.2f}); "
@@ -324,11 +326,12 @@ def run_sweep(
                 )
     total = time.perf_counter() - t_start
     result = {"rows": rows, "sinograms": sinos, "problems": problems, "total_s": total}
-    if verbose:
+    main = distributed.is_main()  # under torchrun only rank 0 prints and writes
+    if verbose and main:
         print()
         print(format_table(rows))
         print(f"total {total:.1f} s")
-    if out is not None:
+    if out is not None and main:
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(rows, out_dir / "ct_results.csv")
@@ -517,9 +520,12 @@ def plot_sweep(result: dict[str, Any], path: str | Path, activations: Sequence[s
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return vals
 
 
 def _act_list(text: str) -> list[Any]:
@@ -528,7 +534,11 @@ def _act_list(text: str) -> list[Any]:
     if text.strip().startswith("{") or text.strip().startswith("["):
         import yaml
 
-        v = yaml.safe_load(text)
+        try:
+            v = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise argparse.ArgumentTypeError(f"--activations: invalid YAML ({first})") from None
         return v if isinstance(v, list) else [v]
     return [parse_activation(a) for a in text.split(",") if a.strip()]
 
@@ -548,19 +558,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=list(DEFAULT_ACTIVATIONS),
         help="comma-separated, e.g. sine,swish,relu,softplus",
     )
-    p.add_argument("--size", type=int, default=d.size, help="phantom size (sinogram rows)")
-    p.add_argument("--angles", type=int, default=d.n_angles, help="full number of angles over 180 deg")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--sine-lr", type=float, default=d.sine_lr, help="learning rate for the sine activation")
-    p.add_argument("--batch", type=int, default=d.batch_lines, help="lines per step")
-    p.add_argument("--samples", type=int, default=d.n_samples, help="t samples per line (grad mode)")
+    p.add_argument("--size", type=int_range(8, 4096), default=d.size, help="phantom size (sinogram rows)")
+    p.add_argument("--angles", type=int_range(2, 16384), default=d.n_angles, help="full number of angles over 180 deg")
+    p.add_argument("--steps", type=int_range(0, 10**9), default=d.steps)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--sine-lr", type=positive_float, default=d.sine_lr, help="learning rate for the sine activation")
+    p.add_argument("--batch", type=int_range(1, 2**24), default=d.batch_lines, help="lines per step")
+    p.add_argument("--samples", type=int_range(1, 4096), default=d.n_samples, help="t samples per line (grad mode)")
     p.add_argument("--hidden", type=_int_list, default=list(d.hidden))
-    p.add_argument("--rho-frequencies", type=int, default=d.rho_frequencies, help="posenc octaves of rho (0: none)")
     p.add_argument(
-        "--theta-frequencies", type=int, default=d.theta_frequencies, help="posenc octaves of theta (0: none)"
+        "--rho-frequencies", type=int_range(0, 32), default=d.rho_frequencies, help="posenc octaves of rho (0: none)"
     )
-    p.add_argument("--w0", type=float, default=d.sine_w0, help="w0 of the sine activation")
+    p.add_argument(
+        "--theta-frequencies",
+        type=int_range(0, 32),
+        default=d.theta_frequencies,
+        help="posenc octaves of theta (0: none)",
+    )
+    p.add_argument("--w0", type=positive_float, default=d.sine_w0, help="w0 of the sine activation")
     p.add_argument(
         "--mode",
         choices=["grad", "integral"],
@@ -568,12 +583,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="grad: Monte-Carlo line integrals of the grad net (default); integral: closed form",
     )
     p.add_argument("--no-mirror", action="store_true", help="do not use the (-rho, theta+180) symmetry")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=SEED, default=d.seed)
     p.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N | auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the grad network")
     p.add_argument(
         "--threads",
-        type=int,
+        type=int_range(0, 4096),
         default=d.threads,
         help="CPU threads while training (default 1; 0: leave torch's setting)",
     )
@@ -590,6 +605,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_cli(args: argparse.Namespace) -> int:
     if (error := device_error(args.device)) is not None:  # fail early, in one line
         print(f"autoint-compile: error: {error}", file=sys.stderr)
+        return 2
+    too_big = [f for f in args.factors if f > args.angles]
+    if too_big:
+        print(f"autoint-compile: error: --factors {too_big[0]} is larger than --angles {args.angles}", file=sys.stderr)
         return 2
     s = CTSettings(
         size=args.size,

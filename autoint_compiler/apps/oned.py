@@ -24,7 +24,9 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import distributed
 from ..train import History, TrainConfig, device_error, fit_samples
+from ._argtypes import SEED, int_range, positive_float
 from .signals1d import SIGNALS, Signal1D, get_signal
 
 __all__ = [
@@ -137,6 +139,10 @@ def grad_fit_error(net: Any, signal: Signal1D, n: int = 2001) -> float:
     return float((g - signal.f(t[:, 0])).abs().max())
 
 
+def _default_config() -> TrainConfig:
+    return TrainConfig(steps=DEFAULT_STEPS, lr=DEFAULT_LR, batch_size=DEFAULT_BATCH, threads=1)
+
+
 def fit_signal(
     signal: Signal1D | str,
     config: TrainConfig | None = None,
@@ -154,7 +160,7 @@ def fit_signal(
     import autoint_compiler as ac
 
     sig = get_signal(signal) if isinstance(signal, str) else signal
-    cfg = config or TrainConfig(steps=DEFAULT_STEPS, lr=DEFAULT_LR, batch_size=DEFAULT_BATCH, threads=1)
+    cfg = config or _default_config()
     if spec is None:
         spec = make_spec(sig.name, hidden, activation, seed=cfg.seed)
     t0 = time.perf_counter()
@@ -257,18 +263,30 @@ def run(
     n_intervals: int = N_INTERVALS,
     save_checkpoints: bool = True,
     verbose: bool = True,
+    run_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the experiment for each signal; write PNG/JSON/markdown (and checkpoints) to ``out``."""
+    """Run the experiment for each signal; write PNG/JSON/markdown (and checkpoints) to ``out``.
+
+    ``run_dir``: keep a resumable run per signal in ``run_dir/<signal>`` (``config.resume``
+    continues it). Under torchrun only rank 0 prints and writes files."""
+    from dataclasses import replace
+
     from ..checkpoint import save_checkpoint
 
     results = []
     out_dir = Path(out) if out is not None else None
+    main = distributed.is_main()
+    verbose = verbose and main
     for name in signals:
         sig = get_signal(name)
-        net, hist, res = fit_signal(
-            sig, config, spec=spec, hidden=hidden, activation=activation, n_intervals=n_intervals
-        )
-        if out_dir is not None:
+        cfg = config
+        if run_dir is not None:
+            base = config or _default_config()
+            cfg = replace(base, run_dir=str(Path(run_dir) / sig.name))
+        net, hist, res = fit_signal(sig, cfg, spec=spec, hidden=hidden, activation=activation, n_intervals=n_intervals)
+        main = distributed.is_main()  # training may have joined a process group
+        verbose = verbose and main
+        if out_dir is not None and main:
             res["plot"] = str(plot_result(net, sig, out_dir / f"oned_{sig.name}.png", hist))
             if save_checkpoints:
                 ckpt = save_checkpoint(out_dir / f"oned_{sig.name}.safetensors", net, extra={"steps": hist.steps})
@@ -287,7 +305,7 @@ def run(
     if verbose:
         print()
         print(table)
-    if out_dir is not None:
+    if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "oned_results.md").write_text(table)
         (out_dir / "oned_results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -322,10 +340,27 @@ def parse_activation(text: str) -> Any:
     if text.startswith("{"):
         import yaml
 
-        return yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise argparse.ArgumentTypeError(f"--activation: invalid YAML mapping ({first})") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"--activation: expected a mapping, got {text!r}")
+        return value
+    if ":" not in text:
+        from ..activations import ACTIVATIONS
+
+        if text not in ACTIVATIONS:
+            known = ", ".join(sorted(ACTIVATIONS))
+            raise argparse.ArgumentTypeError(f"unknown activation {text!r}; expected one of: {known}; or a mapping")
+        return text
     if ":" in text:
         name, w0 = text.split(":", 1)
-        return {"name": name.strip(), "w0": float(w0)}
+        try:
+            return {"name": name.strip(), "w0": positive_float(w0)}
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"--activation {text!r}: w0 must be a finite number > 0") from None
     return text
 
 
@@ -337,10 +372,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--signal", choices=[*sorted(SIGNALS), "all"], default="all")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--lr", type=float, default=DEFAULT_LR)
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int_range(0, 10**9), default=DEFAULT_STEPS)
+    p.add_argument("--lr", type=positive_float, default=DEFAULT_LR)
+    p.add_argument("--batch", type=int_range(1, 2**24), default=DEFAULT_BATCH)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--out", default=None, help="directory for PNG/JSON/markdown/checkpoints")
     p.add_argument("--hidden", type=_parse_hidden, default=list(DEFAULT_HIDDEN), help="e.g. 64,64,64")
@@ -352,8 +387,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--spec", default=None, help="a spec file to use instead of --hidden/--activation")
     p.add_argument("--compile", action="store_true", help="torch.compile the grad network")
-    p.add_argument("--intervals", type=int, default=N_INTERVALS)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads while training (0: torch's default)")
+    p.add_argument("--intervals", type=int_range(1, 10**7), default=N_INTERVALS)
+    p.add_argument(
+        "--threads", type=int_range(0, 4096), default=1, help="CPU threads while training (0: torch's default)"
+    )
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="keep a resumable run here (spec, config, checkpoints; one sub-folder per signal)",
+    )
+    p.add_argument("--checkpoint-every", type=int_range(0, 10**9), default=500, help="steps between run checkpoints")
+    p.add_argument("--keep-checkpoints", type=int_range(1, 10**6), default=3, help="run checkpoints kept")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--no-checkpoint", action="store_true", help="do not save .safetensors checkpoints in --out")
     p.set_defaults(func=run_cli)
@@ -364,6 +409,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if (error := device_error(args.device)) is not None:  # fail early, in one line
         print(f"autoint-compile: error: {error}", file=sys.stderr)
         return 2
+    if args.resume and not args.run_dir:
+        print("autoint-compile: error: --resume needs --run-dir", file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         steps=args.steps,
         lr=args.lr,
@@ -373,6 +421,9 @@ def run_cli(args: argparse.Namespace) -> int:
         compile=args.compile,
         threads=args.threads or None,
         progress=False if args.no_progress else None,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
     )
     signals = sorted(SIGNALS, key=lambda s: s != "poly") if args.signal == "all" else [args.signal]
     run(
@@ -384,6 +435,7 @@ def run_cli(args: argparse.Namespace) -> int:
         activation=args.activation,
         n_intervals=args.intervals,
         save_checkpoints=not args.no_checkpoint,
+        run_dir=args.run_dir,
     )
     return 0
 

@@ -1,0 +1,183 @@
+"""Safe file writes and reads shared by checkpoints, run directories and generated modules.
+
+:func:`atomic_write_bytes` / :func:`atomic_write_text`:
+
+* the bytes go to a temporary file ``.<name>.<random>.tmp`` in the destination's own directory, which
+  is flushed and ``fsync``'ed, then ``os.replace``'d over the destination, and the directory is
+  ``fsync``'ed: a crash at any point leaves the old file or the new one, never a mix; an exception
+  removes the temporary file (only ``SIGKILL``/power loss can leave one, and
+  :func:`remove_stale_temps` clears those);
+* a destination that is a **symlink** is written *through*: the link's target is replaced and the
+  link itself stays (a dangling link creates its target);
+* a destination that exists and is not a regular file (a directory, FIFO, device node, socket) is
+  refused with :class:`UnsafeFileError`; nothing is written;
+* the new file's permissions are those of an ordinary ``open(path, "w")``: ``0o666`` masked by the
+  process umask (``mkstemp``'s ``0o600`` is not kept), or the replaced file's own mode.
+
+:func:`read_regular_file` reads a file that must be a regular file no larger than a bound: never
+blocks on a FIFO, never reads ``/dev/zero`` until memory runs out.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "UnsafeFileError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_regular_file",
+    "remove_stale_temps",
+    "current_umask",
+    "TEMP_SUFFIX",
+]
+
+TEMP_SUFFIX = ".tmp"
+
+
+class UnsafeFileError(OSError):
+    """A destination or source that is not a regular file (directory, FIFO, device), or too large."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # fallback: not thread-safe for the instant it is changed
+    os.umask(old)
+    return old
+
+
+def _resolve_target(path: Path) -> Path:
+    """The file to replace: ``path``, or the final target of a symlink chain."""
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if target.is_symlink():  # a loop: realpath gives up on it
+            raise UnsafeFileError(f"{path}: symlink loop")
+        return target
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mkdir: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see the module docstring). Returns ``path``."""
+    path = Path(path)
+    target = _resolve_target(path)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise UnsafeFileError(f"{path}: refusing to replace it: {kind}")
+        mode = stat.S_IMODE(st.st_mode)
+    directory = target.parent if str(target.parent) else Path(".")
+    if mkdir and target == path:  # a symlink's target folder is never created on its behalf
+        directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` of ``text`` encoded (UTF-8 by default)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def remove_stale_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete temporary files a killed writer left in ``directory``: those of the file ``name``
+    (``.<name>.<random>.tmp``), or, with ``name`` ending in ``*``, of every file whose name starts
+    with the rest (``"step-*"``); ``None``: every ``.*.tmp``. Returns what was removed. Only call it
+    when no other process writes there."""
+    directory = Path(directory)
+    if name is None:
+        prefix = "."
+    elif name.endswith("*"):
+        prefix = "." + name[:-1]
+    else:
+        prefix = f".{name}."
+    removed = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return removed
+    for p in entries:
+        if p.name.startswith(prefix) and p.name.endswith(TEMP_SUFFIX) and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:  # pragma: no cover - raced with another cleaner
+                pass
+    return removed
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int, *, head: bool = False) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``max_bytes`` bytes
+    (``head=True``: its first ``max_bytes`` bytes, whatever its size).
+
+    Raises ``FileNotFoundError`` or :class:`UnsafeFileError` (directory, FIFO, device, socket, too
+    large). The file is opened non-blocking (a FIFO cannot block the open) and checked with
+    ``fstat`` on the open descriptor, so a swap between check and read is caught too.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except IsADirectoryError:
+        raise UnsafeFileError(f"{path}: is a directory, not a file") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeFileError(f"{path}: is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError(f"{path}: not a regular file (a FIFO, device or socket)")
+        if st.st_size > max_bytes and not head:
+            raise UnsafeFileError(f"{path}: {st.st_size} bytes, larger than the limit of {max_bytes} bytes")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 24, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if head and total >= max_bytes:
+                return b"".join(chunks)[:max_bytes]
+            if total > max_bytes:
+                raise UnsafeFileError(f"{path}: grew beyond the limit of {max_bytes} bytes while read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
