@@ -12,18 +12,16 @@ from __future__ import annotations
 import builtins
 import hashlib
 import linecache
-import os
 import sys
-import tempfile
 import types
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .backends import get_backend
 from .build import build_integral
 from .errors import CompileError
+from .fileio import atomic_write_text  # noqa: F401 - re-exported (the CLI and older callers)
 from .ir import IRGraph, format_graph
 from .program import Program, make_program
 from .spec import NetworkSpec, load_spec
@@ -138,22 +136,6 @@ def format_report(cs: CompiledSource) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Loading generated source
 # ---------------------------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_module(name: str, source: str):
