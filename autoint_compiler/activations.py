@@ -21,6 +21,7 @@ from .primitives import (  # noqa: F401 - re-exported: the table is written in t
     DISCONTINUOUS,
     KINKED,
     expm1_neg,
+    log_domain,
     ndtr,
     relu,
     sigmoid,
@@ -113,7 +114,11 @@ def canonical_key(expr: sp.Expr) -> str:
 def _derivative_expr(expr: sp.Expr) -> sp.Expr:
     # Dirac deltas (from sign' or Heaviside') are zero almost everywhere: the derivative of a kinked
     # function is taken pointwise, and the compile report flags the function as not smooth
-    return sp.diff(expr, x).replace(sp.DiracDelta, lambda *args: sp.Integer(0))
+    d = sp.diff(expr, x).replace(sp.DiracDelta, lambda *args: sp.Integer(0))
+    for arg in sorted({a.args[0] for a in expr.atoms(sp.log) if a.args[0].has(x)}, key=sp.default_sort_key):
+        if d != 0 and not d.has(log_domain(arg)):  # keep NaN where Φ is NaN (log of a negative)
+            d = d * log_domain(arg)
+    return d
 
 
 def derivative(fn: PointwiseFn) -> PointwiseFn | None:

@@ -47,6 +47,7 @@ EVAL_FUNCTIONS: dict[type, Callable] = {
     P.step: lambda u: (u > 0).astype(np.float64),
     P.ndtr: lambda u: 0.5 * (1.0 + _erf(u / math.sqrt(2.0))),
     P.expm1_neg: lambda u: np.expm1(np.minimum(u, 0.0)),
+    P.log_domain: lambda u: np.where(u >= 0, 1.0, np.nan),
 }
 
 

@@ -58,6 +58,15 @@ class expm1_neg(sp.Function):  # noqa: N801
         return sp.exp(-relu(-u)) * (1 - step(u))
 
 
+class log_domain(sp.Function):  # noqa: N801
+    """1 where u is in log's domain (u >= 0), NaN elsewhere; derivative 0. ``log(u)``'s derivative
+    ``1/u`` is finite for u < 0, where log itself is NaN: derivatives carry this factor so the grad
+    network is NaN exactly where Φ is (``activations.derivative``)."""
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(0)
+
+
 #: functions whose presence makes an expression non-smooth (a kink or a jump)
 KINKED = (relu, sp.Abs, expm1_neg)
 DISCONTINUOUS = (step, sp.sign)

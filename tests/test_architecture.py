@@ -348,3 +348,18 @@ def test_generated_networks_refuse_inputs_of_the_wrong_width(shape):
     for module in (net.integral, net.grad):
         with pytest.raises(ValueError, match=r"x must be \[N, 3\]"):
             module(x)
+
+
+def test_log_grad_is_nan_exactly_where_phi_is():
+    """log's derivative 1/u is finite for u < 0; the grad network must not be, where Φ is NaN."""
+    spec = {"name": "lg", "inputs": {"t": 1}, "integrate": ["t"], "dtype": "float64", "seed": 0,
+            "graph": [{"name": "l", "op": "linear", "in": ["t"], "out": 3},
+                      {"name": "g", "op": "log", "in": ["l"]},
+                      {"name": "o", "op": "linear", "in": ["g"], "out": 1}]}
+    net = ac_compile(spec)
+    x = torch.linspace(-1, 1, 41, dtype=torch.float64)[:, None]
+    phi, grad = net.integral(x).detach(), net.grad(x).detach()
+    assert torch.isnan(phi).any() and torch.isfinite(phi).any()  # the test covers both regimes
+    assert torch.equal(torch.isnan(grad), torch.isnan(phi))
+    params = {k: v.numpy() for k, v in net.integral.state_dict().items()}
+    assert np.array_equal(np.isnan(interpret.run(net.grad_ir, x.numpy(), params)), torch.isnan(grad).numpy())

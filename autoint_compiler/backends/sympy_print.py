@@ -58,6 +58,7 @@ class TablePrinter(StrPrinter):
     EXP = "exp({})"
     STEP = "step({})"
     EXPM1_NEG = "expm1_neg({})"
+    LOG_DOMAIN = "log_domain({})"
     JVP: dict[str, str] = {}
     TARGET = "generic"
 
@@ -127,6 +128,8 @@ class TablePrinter(StrPrinter):
             return self.EXPM1_NEG.format(self.code(e.args[0])[0]), _PREC_ATOM
         if isinstance(e, A.step):
             return self.step(e.args[0]), _PREC_ATOM
+        if isinstance(e, A.log_domain):  # 1, or NaN where log(u) is NaN
+            return self.LOG_DOMAIN.format(self.code(e.args[0])[0]), _PREC_ATOM
         name = type(e).__name__
         if name.endswith("_jvp") and name[:-4] in self.JVP:
             t, z = e.args
@@ -168,6 +171,7 @@ class TorchPrinter(TablePrinter):
     SQRT = "torch.sqrt({})"
     EXP = "torch.exp({})"
     EXPM1_NEG = "torch.expm1(torch.clamp({}, max=0))"
+    LOG_DOMAIN = "(0 * torch.log({}) + 1)"
     JVP = LIBRARY_JVP
 
     def step(self, arg) -> str:

@@ -40,6 +40,7 @@ FUNCTIONS: dict[type, str] = {
     P.step: "_step",
     P.ndtr: "_ndtr",
     P.expm1_neg: "_expm1_neg",
+    P.log_domain: "_log_domain",
 }
 
 #: the helpers, in the order the module defines them (each uses only earlier ones and ``tl``)
@@ -84,6 +85,7 @@ HELPERS: tuple[tuple[str, str], ...] = (
     return 0.5 + 0.5 * tl.erf(x * 0.7071067811865476)""",
     ),
     ("_expm1_neg", "def _expm1_neg(x):\n    return _expm1(tl.minimum(x, 0.0))"),
+    ("_log_domain", "def _log_domain(x):\n    # 1, or NaN where log(x) is NaN\n    return 0.0 * tl.log(x) + 1.0"),
     ("_tan", "def _tan(x):\n    return tl.sin(x) / tl.cos(x)"),
     (
         "_sinh",
