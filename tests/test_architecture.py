@@ -363,3 +363,15 @@ def test_log_grad_is_nan_exactly_where_phi_is():
     assert torch.equal(torch.isnan(grad), torch.isnan(phi))
     params = {k: v.numpy() for k, v in net.integral.state_dict().items()}
     assert np.array_equal(np.isnan(interpret.run(net.grad_ir, x.numpy(), params)), torch.isnan(grad).numpy())
+
+
+def test_integrate_handles_empty_batches_and_dtype_mixes():
+    net = ac.compile(REPO_ROOT / "examples" / "box2d.yaml", seed=0)
+    z = torch.zeros(0, 2)
+    assert net.integrate(z, z, torch.zeros(0, 3)).shape == (0, 1)
+    lo, hi = torch.zeros(3, 2, dtype=torch.float64), torch.ones(3, 2, dtype=torch.float64)
+    mixed = net.integrate(lo, hi, torch.zeros(3, 3))  # float64 bounds, float32 x and network
+    same = net.integrate(lo.float(), hi.float(), torch.zeros(3, 3))
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, same)
+    with pytest.raises(TypeError, match="floating-point"):
+        net.integrate(lo.long(), hi.long())
