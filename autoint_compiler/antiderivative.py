@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -257,7 +258,7 @@ def convolve_bspline(net: Any, x: torch.Tensor, degree: Any = None, width: Any =
     h = _per_var("width", width, N, x.shape[0], x)
     if degree is None:
         degrees = [k - 1 for k in N.orders]
-    elif isinstance(degree, (int,)) and not isinstance(degree, bool):
+    elif isinstance(degree, numbers.Integral) and not isinstance(degree, bool):
         degrees = [degree] * N.n
     elif isinstance(degree, Mapping):
         unknown = set(degree) - set(N.names)
@@ -268,6 +269,7 @@ def convolve_bspline(net: Any, x: torch.Tensor, degree: Any = None, width: Any =
         degrees = list(degree)
     else:
         raise ValueError(f"degree must be None, an int or one per variable ({N.n}), got {degree!r}")
+    degrees = [int(d) if isinstance(d, numbers.Integral) and not isinstance(d, bool) else d for d in degrees]
     for v, d, k in zip(N.names, degrees, N.orders):
         if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= k - 1:
             raise ValueError(

@@ -18,28 +18,36 @@ computing the prediction, on the same weights and batch:
   tangent (the cheapest nested-jacfwd formulation; a jacfwd over the whole input vector would compute
   all d partials at each level and keep one);
 * ``autograd``: nested ``torch.autograd.grad(create_graph=True)`` of Φ wrt x, one column per level
-  (valid because the rows of a batch are independent).
+  (valid because the rows of a batch are independent);
+* ``compiled (u=t1+..+tk)`` (1-D, k ≥ 2 only): what compiles before issue 11's mapping form — a graph
+  spec with k distinct inputs t1..tk, a node u = t1 + .. + tk feeding the same MLP, and
+  ``integrate: [t1, .., tk]``, so ∂ᵏΦ/∂t1..∂tk = dᵏΦ/duᵏ (evaluated at t1 = x, the others 0).
 
 Both baselines run an eager reference MLP (``SurveyMLP``, written here) into which the compiled Φ's
 parameters are copied; Φ, the prediction and the parameter gradients of the loss of the three methods
 are compared before anything is timed (``max_rel_diff_*`` columns; a mismatch is the row's status).
 Methods are timed interleaved (``benchmarks.timing``), weights restored before every sample. Peak memory
-of one step: the resident-set high-water mark during the step minus the resident set before it, in this
-process (``/proc/self/clear_refs`` + ``VmHWM``), with glibc's mmap threshold fixed at 64 KiB by
-``mallopt`` so freed tensors go back to the OS and the RSS follows live tensor bytes (the method of
-``benchmarks/memory.py``, in-process here). tracemalloc does not see torch's CPU allocations, hence RSS.
+of one step: the resident-set high-water mark during the step minus the resident set before it, in the
+process (``/proc/self/clear_refs`` + ``VmHWM``), with glibc's mmap threshold fixed at 64 KiB so freed
+tensors go back to the OS and the RSS follows live tensor bytes (the method of ``benchmarks/memory.py``);
+every configuration runs in a fresh child process (``--in-process`` to debug), so one configuration's
+heap cannot distort the next one's peak (checked: a known 4 × 8 MiB step reads 32.0 MiB). tracemalloc
+does not see torch's CPU allocations, hence RSS.
 
 A configuration the compiler cannot express (yet) gives a ``skipped: <reason>`` row for ``compiled``;
 its baselines are timed anyway in the full run (unless they exceed ``--max-nesting`` derivative levels)
 and skipped in ``--quick``. Writes ``antiderivatives.csv`` and ``README.md`` under
-``benchmarks/results/antiderivatives/`` (or ``--out``).
+``benchmarks/results/antiderivatives/`` (``--quick``: ``.../antiderivatives/quick/``; or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import math
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,7 +60,8 @@ from . import machine as machine_mod
 from . import report, timing
 from .memory import _reset_hwm, _status_kb
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "antiderivatives"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "antiderivatives"
 NAMES = ("x", "y", "z")
 BATCHES = {1: 1024, 2: 512, 3: 256}
 M_COMPILED, M_WORKAROUND = "compiled", "compiled (u=t1+..+tk)"
@@ -209,7 +218,7 @@ def peak_step_mb(step) -> tuple[float, str]:
     step()
     return (
         _status_kb("VmHWM") - r0
-    ) / 1024, "peak RSS delta in-process (clear_refs+VmHWM, mallopt mmap threshold 64 KiB)"
+    ) / 1024, "peak RSS delta (clear_refs+VmHWM, mmap threshold 64 KiB, fresh process per configuration)"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -392,7 +401,8 @@ def markdown(rows: list[dict], info: dict, args, wall_s: float) -> str:
         "before every sample. `×ours` = t(method) / t(compiled): how many times slower than our "
         "compiled grad network († = vs the `u=t1+..+tk` workaround, where the mapping spec does not compile). "
         "The methods are checked to agree at the same weights before timing. Peak = RSS high-water mark "
-        "of one step minus RSS before it (in-process, clear_refs + VmHWM, glibc mmap threshold fixed at 64 KiB).",
+        "of one step minus RSS before it (clear_refs + VmHWM, glibc mmap threshold fixed at 64 KiB, a fresh "
+        "process per configuration).",
         "",
         "| dims | k | derivative | batch | method | median ms | IQR ms | ×ours | peak MiB | max rel diff "
         "(pred / param grads) | status |",
@@ -430,7 +440,7 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="few repeats; baselines only where the compiler compiles")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT} (--quick: its quick/ folder)")
     p.add_argument("--dims", default="1,2,3")
     p.add_argument("--orders", default="1,2,3")
     p.add_argument("--width", type=int, default=256)
@@ -445,8 +455,13 @@ def parse_args(argv=None):
     p.add_argument("--tol", type=float, default=2e-3, help="agreement tolerance (max relative difference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--in-process", action="store_true", help="run every configuration in this process")
+    p.add_argument("--config-timeout", type=float, default=1800.0, help="seconds per configuration (child)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.batch = dict(zip((1, 2, 3), _ints(args.batches)))
+    if args.out is None:
+        args.out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
     q = args.quick
     args.repeats = args.repeats or (3 if q else 11)
     args.warmup = args.warmup or (1 if q else 2)
@@ -454,18 +469,55 @@ def parse_args(argv=None):
     return args
 
 
+def run_config_in_child(dims: int, order: int, argv: list[str], timeout: float) -> list[dict]:
+    """``run_config`` in a fresh process: each configuration starts from a clean heap (the in-process RSS
+    peak is only trustworthy there: a heap fragmented by an earlier, larger configuration serves a later
+    step's small blocks from pages already resident) and an earlier configuration cannot slow a later one."""
+    env = dict(os.environ)
+    env["MALLOC_MMAP_THRESHOLD_"], env["MALLOC_TRIM_THRESHOLD_"] = "65536", "0"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "benchmarks.antiderivatives", *argv, "--child", f"{dims},{order}"]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [_error_row(dims, order, f"error: configuration timed out after {timeout:.0f} s")]
+    if proc.stderr.strip():
+        print(proc.stderr.rstrip(), file=sys.stderr)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_ROWS):
+            return json.loads(line[len(_ROWS) :])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return [_error_row(dims, order, f"error: child exit {proc.returncode}: {tail[:240]}")]
+
+
+_ROWS = "ROWS "
+
+
+def _error_row(dims, order, status):
+    return {"dims": dims, "order": order, "derivative": "", "batch": "", "method": "(all)", "status": status}
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory and not fix_malloc_threshold():
         print("[antiderivatives] mallopt unavailable: peak memory may under-report", file=sys.stderr)
+    if args.child:
+        dims, order = _ints(args.child)
+        print(_ROWS + json.dumps(run_config(dims, order, args, log=lambda m: print(m, file=sys.stderr))), flush=True)
+        return 0
     info = machine_mod.machine_info("cpu")
     t0 = time.perf_counter()
     rows = []
     for dims in _ints(args.dims):
         for order in _ints(args.orders):
             t1 = time.perf_counter()
-            for r in run_config(dims, order, args):
+            if args.in_process:
+                config_rows = run_config(dims, order, args)
+            else:
+                config_rows = run_config_in_child(dims, order, argv, args.config_timeout)
+            for r in config_rows:
                 r.update(info)
                 rows.append(r)
                 med = _f(r.get("median_ms"), ".1f")

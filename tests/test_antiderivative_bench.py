@@ -24,7 +24,7 @@ def _rows(path):
 
 
 def test_order_one_all_dims(tmp_path):
-    assert B.main(["--quick", "--out", str(tmp_path), "--dims", "1,2,3", "--orders", "1", *TINY]) == 0
+    assert B.main(["--quick", "--out", str(tmp_path), "--dims", "1,2,3", "--orders", "1", "--in-process", *TINY]) == 0
     rows = _rows(tmp_path / "antiderivatives.csv")
     assert [(r["dims"], r["method"]) for r in rows] == [
         (str(d), m) for d in (1, 2, 3) for m in (B.M_COMPILED, B.M_FUNC, B.M_AUTOGRAD)
@@ -44,7 +44,8 @@ def test_order_one_all_dims(tmp_path):
 def test_higher_orders_skip_or_run(tmp_path):
     """2-D order 2 needs the mapping form of issue 11: a 'skipped:' row until it compiles, never a crash;
     1-D order 2 runs today through the u = t1 + t2 workaround, and the nested baselines agree with it."""
-    assert B.main(["--quick", "--out", str(tmp_path), "--dims", "1,2", "--orders", "2", "--no-memory", *TINY]) == 0
+    argv = ["--quick", "--out", str(tmp_path), "--dims", "1,2", "--orders", "2", "--no-memory", "--in-process", *TINY]
+    assert B.main(argv) == 0
     rows = {(r["dims"], r["method"]): r for r in _rows(tmp_path / "antiderivatives.csv")}
     assert set(rows) == {("1", m) for m in B.METHODS} | {("2", m) for m in (B.M_COMPILED, B.M_FUNC, B.M_AUTOGRAD)}
     for r in rows.values():
@@ -54,6 +55,16 @@ def test_higher_orders_skip_or_run(tmp_path):
         assert rows["1", m]["status"] == "ok"
         assert float(rows["1", m]["max_rel_diff_pred"]) < 1e-4
         assert float(rows["1", m]["max_rel_diff_param_grad"]) < 1e-4
+
+
+def test_child_process_path(tmp_path):
+    """The default path: every configuration in a fresh process (clean heap for the peak-memory reading)."""
+    assert B.main(["--quick", "--out", str(tmp_path), "--dims", "1", "--orders", "1", *TINY]) == 0
+    rows = _rows(tmp_path / "antiderivatives.csv")
+    assert [r["method"] for r in rows] == [B.M_COMPILED, B.M_FUNC, B.M_AUTOGRAD]
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert float(r["peak_mb"]) >= 0 and "fresh process" in r["mem_method"]
 
 
 def test_baselines_agree_mixed_higher_order_float64():
