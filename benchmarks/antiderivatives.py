@@ -233,7 +233,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[0][:240] if msg else ''}"
 
 
-def run_config(dims: int, order: int, args, log=print) -> list[dict]:
+def run_config(dims: int, order: int, args, log=print, dry: bool = False) -> list[dict] | None:
+    """The rows of one configuration. ``dry``: only decide, without torch work, whether anything is to be
+    timed (``compile_source`` checks the specs); returns the rows if nothing is, else None."""
     batch = args.batch.get(dims, BATCHES[dims])
     base = {
         "dims": dims,
@@ -256,7 +258,7 @@ def run_config(dims: int, order: int, args, log=print) -> list[dict]:
     for m, spec in specs.items():
         t0 = time.perf_counter()
         try:
-            nets[m] = ac.compile(spec)
+            nets[m] = ac.compile_source(spec) if dry else ac.compile(spec)
             rows[m]["compile_s"] = time.perf_counter() - t0
         except Exception as exc:  # a spec the compiler cannot express yet
             rows[m]["status"] = f"skipped: the compiler refuses the spec ({_first_line(exc)})"
@@ -270,6 +272,8 @@ def run_config(dims: int, order: int, args, log=print) -> list[dict]:
     live = [m for m in methods if rows[m]["status"] == "ok"]
     if not live:
         return [rows[m] for m in methods]
+    if dry:
+        return None
 
     # --- same weights everywhere: the first compiled network's, copied into the others and the eager MLP
     mlp = SurveyMLP(dims, args.width, args.depth)
@@ -515,8 +519,10 @@ def main(argv=None) -> int:
             t1 = time.perf_counter()
             if args.in_process:
                 config_rows = run_config(dims, order, args)
-            else:
-                config_rows = run_config_in_child(dims, order, argv, args.config_timeout)
+            else:  # a child only where something is to be timed
+                config_rows = run_config(dims, order, args, dry=True)
+                if config_rows is None:
+                    config_rows = run_config_in_child(dims, order, argv, args.config_timeout)
             for r in config_rows:
                 r.update(info)
                 rows.append(r)
