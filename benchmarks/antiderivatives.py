@@ -276,7 +276,7 @@ def run_config(dims: int, order: int, args, log=print, dry: bool = False) -> lis
         return None
 
     # --- same weights everywhere: the first compiled network's, copied into the others and the eager MLP
-    mlp = SurveyMLP(dims, args.width, args.depth)
+    mlp = SurveyMLP(dims, args.width, args.depth).float()
     if nets:
         src = next(iter(nets.values())).integral
         mlp.load_from_compiled(src)
@@ -295,7 +295,7 @@ def run_config(dims: int, order: int, args, log=print, dry: bool = False) -> lis
         preds[M_WORKAROUND] = workaround_pred(nets[M_WORKAROUND], order)
 
     g = torch.Generator().manual_seed(args.seed + 1)
-    x = torch.rand(batch, dims, generator=g) * 2 - 1
+    x = torch.rand(batch, dims, generator=g, dtype=torch.float32) * 2 - 1
     target = make_target(x)
 
     # --- agreement at the same weights: Φ, the prediction, the parameter gradients of the loss

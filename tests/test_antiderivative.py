@@ -21,7 +21,14 @@ from scipy.interpolate import BSpline
 
 from autoint_compiler import antiderivative as A
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(scope="module", autouse=True)
+def _float64():
+    """float64 by default in this module only (restored afterwards: other test modules share the process)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 # ---------------------------------------------------------------------------------------------------
