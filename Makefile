@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup demo test bench lint ct oned clean
+.PHONY: setup demo test bench lint ct oned render clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,9 @@ oned: setup
 
 ct: setup
 	$(VENV)/bin/autoint-compile ct --out $(OUT)/ct
+
+render: setup
+	$(VENV)/bin/autoint-compile render --quick --out $(OUT)/render
 
 clean:
 	rm -rf $(OUT) .pytest_cache .hypothesis

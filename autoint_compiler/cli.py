@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import AutoIntError
 
-EXPERIMENTS = ("autoint_compiler.apps.oned", "autoint_compiler.apps.ct")
+EXPERIMENTS = ("autoint_compiler.apps.oned", "autoint_compiler.apps.ct", "autoint_compiler.apps.render")
 COMMANDS = {"compile", "inspect", "rules"}
 
 
