@@ -27,21 +27,25 @@ narrower than ``eps (far - near) / K``). With ``delta_i = t_{i+1} - t_i``:
 
 Training (first-order backprop only)
 ------------------------------------
-Each step draws a batch of training rays and sums two image losses (``loss="both"``, default):
+Each step draws a batch of training rays. Two image losses are implemented (``--loss``):
 
-* *samples*: ``S`` stratified samples of ``t`` inside every section (the paper's scheme: 128 per ray,
-  4 per section at K = 32); the grad networks give ``sigma = s relu(g_sigma)`` and ``c = g_c`` there,
-  composited as a quadrature with ``delta = delta_i / S``; MSE to the pixel colour. This trains the
-  grad networks as integrands, sample by sample. A small penalty on ``relu(-g_sigma)`` keeps the raw
-  density non-negative, so that a section average of ``g_sigma`` is the average density (relu of an
-  average equals the average of relus only where nothing is negative).
-* *section*: the section model above, with the integral networks at the cut points; MSE to the pixel
-  colour. This is exactly what is rendered at test time, so it trains the sampling network (the cut
-  points move the sections) and corrects what per-sample training cannot see: the section average
-  of a colour also averages the (otherwise unconstrained) colour of empty space.
+* ``section`` (default): the section model above, with the integral networks at the sampler's cut
+  points; MSE to the pixel colour. This is exactly what is rendered at test time, so what is
+  measured is what is optimised; it trains the sampling network (the cut points move the sections)
+  and it is cheap (``2 (K + 1)`` integral-network rows per ray, a plain backward pass through Phi).
+* ``samples``: the paper's scheme: ``S`` stratified samples of ``t`` inside every section (128 per
+  ray, 4 per section at K = 32 in the original); the grad networks give ``sigma = s relu(g_sigma)``
+  and ``c = g_c`` there, composited as a quadrature with ``delta = delta_i / S``; MSE to the pixel
+  colour; a small penalty on ``relu(-g_sigma)`` keeps the raw density non-negative (relu of a section
+  average is the average of the relus only where nothing is negative). The grad networks learn the
+  integrand sample by sample, but the colour of empty space is left unconstrained, and a section
+  average of colour averages it in: rendering with sections then goes wrong.
+* ``both``: the sum (cut points detached in the samples term: the sampler is trained by the term
+  that renders).
 
-The cut points are detached in the *samples* term (the sampler is trained by the term that renders).
-``loss="samples"`` or ``"section"`` keeps one term (compared in ``docs/results/render``).
+In our measurements (docs/results/render/README.md) ``section`` gave the best held-out PSNR at the
+same number of steps and 3-5x less training time than ``both``; ``samples`` alone renders badly
+with sections, for the reason above, although its grad networks form a fair quadrature field.
 
 Baseline: NeRF-style quadrature with plain MLPs of the same widths on the encoded 3-D point,
 ``N`` stratified samples per ray in training, bin midpoints at test time, same steps, batch, lr.
@@ -59,6 +63,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -94,6 +99,13 @@ __all__ = [
 ]
 
 
+DENSITY_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "softplus": nn.functional.softplus,
+}
+COLOR_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"linear": lambda c: c, "sigmoid": torch.sigmoid}
+
+
 @dataclass
 class RenderSettings:
     """Sizes and options of the rendering experiment (defaults: the full CPU run; see :data:`QUICK`)."""
@@ -112,6 +124,7 @@ class RenderSettings:
     hidden_sigma: tuple[int, ...] = (64, 64, 64)
     hidden_color: tuple[int, ...] = (64, 64, 64)
     frequencies: int = 6  # posenc octaves of the point x
+    dir_frequencies: int = 0  # posenc octaves of the direction d in the AutoInt networks (0: raw d)
     skips: tuple[int, ...] = ()  # hidden layers that also get the encoded input (the paper: 4)
     activation: str = "swish"
     sampler_hidden: tuple[int, ...] = (64, 64)
@@ -119,20 +132,23 @@ class RenderSettings:
     section_eps: float = 0.2  # share of each ray spread uniformly over the sections
     uniform_sections: bool = False
     samples_per_ray: int = 64  # grad-network samples per ray in the AutoInt 'samples' loss
-    loss: str = "both"  # both | samples | section
+    loss: str = "section"  # section | both | samples (see the module docstring)
     neg_penalty: float = 0.01
     sigma_scale: float = 10.0
+    density_act: str = "relu"  # relu | softplus: applied to raw density (per sample or section average)
+    color_act: str = "linear"  # linear | sigmoid
     steps: int = 3000
     batch_rays: int = 256
-    lr: float = 2e-3
+    lr: float = 1e-2  # one rate for every method (picked on training-view PSNR; see docs/results/render)
     lr_min_factor: float = 0.05
+    grad_clip: float | None = 1.0  # max gradient norm (None: none); without it AutoInt at lr 1e-2 can collapse
     seed: int = 0
     device: str = "cpu"
     threads: int | None = 1
     progress: bool | None = None
     checkpoint_every: int = 250
     render_chunk: int = 4096  # network evaluations (rows) per forward pass when rendering
-    timing_repeats: int = 5
+    timing_repeats: int = 7
     dtype: str = "float32"
     extra: dict = field(default_factory=dict)
 
@@ -147,10 +163,15 @@ class RenderSettings:
             raise ValueError(f"near must be < far, got {self.near}, {self.far}")
         for name in self.scenes:
             get_scene(name)
+        if self.density_act not in DENSITY_ACTS or self.color_act not in COLOR_ACTS:
+            raise ValueError(
+                f"density_act must be one of {sorted(DENSITY_ACTS)} and color_act one of {sorted(COLOR_ACTS)}, "
+                f"got {self.density_act!r}, {self.color_act!r}"
+            )
 
 
 #: ``--quick``: a few minutes per scene on a 2-core CPU, same outputs.
-QUICK = dict(size=32, n_train=24, n_test=3, gt_samples=512, steps=600, batch_rays=128, samples_per_ray=32)
+QUICK = dict(size=32, n_train=40, n_test=3, gt_samples=512, steps=600, batch_rays=128, samples_per_ray=32)
 
 #: ``--paper-size``: the original's field network (8 x 256 swish, posenc 10 octaves, skip at layer 4).
 PAPER = dict(hidden_sigma=(256,) * 8, hidden_color=(256,) * 8, frequencies=10, skips=(4,))
@@ -176,10 +197,16 @@ def field_spec(kind: str, settings: RenderSettings | None = None) -> dict[str, A
         {"name": "x", "op": "add", "in": ["o", "td"]},
         {"name": "enc", "op": "posenc", "in": ["x"], "frequencies": int(s.frequencies), "include_input": True},
     ]
-    h = ["enc", "d"]
+    dname = "d"
+    if s.dir_frequencies > 0:
+        graph.append(
+            {"name": "encd", "op": "posenc", "in": ["d"], "frequencies": int(s.dir_frequencies), "include_input": True}
+        )
+        dname = "encd"
+    h = ["enc", dname]
     for i, width in enumerate(hidden):
         if i in s.skips and i > 0:
-            h = [*h, "enc", "d"]
+            h = [*h, "enc", dname]
         graph.append({"name": f"fc{i}", "op": "linear", "in": h, "out": int(width)})
         graph.append({"name": f"act{i}", "op": s.activation, "in": [f"fc{i}"]})
         h = [f"act{i}"]
@@ -261,16 +288,19 @@ def section_render(
     d: torch.Tensor,
     cuts: torch.Tensor,
     sigma_scale: float = 1.0,
+    density_act: Callable[[torch.Tensor], torch.Tensor] = torch.relu,
+    color_act: Callable[[torch.Tensor], torch.Tensor] = COLOR_ACTS["linear"],
 ) -> torch.Tensor:
     """The piecewise model: section averages from the integral networks at the cut points
-    ``cuts [R, K + 1]``, composited. ``phi_*`` take rows ``[o, d, t]``. Returns ``[R, 3]``."""
+    ``cuts [R, K + 1]``, through the output non-linearities, composited. ``phi_*`` take rows
+    ``[o, d, t]``. Returns ``[R, 3]``."""
     r, kp1 = cuts.shape
     x = _ray_inputs(o, d, cuts)
     ps = phi_sigma(x).reshape(r, kp1)
     pc = phi_color(x).reshape(r, kp1, 3)
     delta = cuts[:, 1:] - cuts[:, :-1]
-    sigma = sigma_scale * torch.relu((ps[:, 1:] - ps[:, :-1]) / delta)
-    color = (pc[:, 1:] - pc[:, :-1]) / delta[..., None]
+    sigma = sigma_scale * density_act((ps[:, 1:] - ps[:, :-1]) / delta)
+    color = color_act((pc[:, 1:] - pc[:, :-1]) / delta[..., None])
     return composite(sigma * delta, color)
 
 
@@ -300,6 +330,7 @@ class AutoIntField(nn.Module):
         self.color_phi = color_net.integral
         self.k = int(k)
         self.near, self.far, self.sigma_scale = s.near, s.far, s.sigma_scale
+        self.density_act, self.color_act = DENSITY_ACTS[s.density_act], COLOR_ACTS[s.color_act]
         self.sampler = (
             None
             if s.uniform_sections
@@ -313,7 +344,12 @@ class AutoIntField(nn.Module):
 
     def forward(self, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """Render with the section model (integral networks at the cut points)."""
-        return section_render(self.sigma_phi, self.color_phi, o, d, self.cuts(o, d), self.sigma_scale)
+        return self.section(o, d, self.cuts(o, d))
+
+    def section(self, o: torch.Tensor, d: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
+        return section_render(
+            self.sigma_phi, self.color_phi, o, d, cuts, self.sigma_scale, self.density_act, self.color_act
+        )
 
     def sample_render(
         self, o: torch.Tensor, d: torch.Tensor, cuts: torch.Tensor, per_section: int, gen: torch.Generator | None
@@ -326,7 +362,7 @@ class AutoIntField(nn.Module):
         g = self.sigma_net.grad(x).reshape(r, m)
         c = self.color_net.grad(x).reshape(r, m, 3)
         delta = ((cuts[:, 1:] - cuts[:, :-1]) / per_section).repeat_interleave(per_section, dim=1)
-        return composite(self.sigma_scale * torch.relu(g) * delta, c), g
+        return composite(self.sigma_scale * self.density_act(g) * delta, self.color_act(c)), g
 
     @property
     def evals_per_ray(self) -> int:
@@ -346,6 +382,7 @@ class QuadratureField(nn.Module):
         self.color_mlp = _mlp(n_in, s.hidden_color, 3, _dtype(s))
         self.n = int(n)
         self.near, self.far, self.sigma_scale = s.near, s.far, s.sigma_scale
+        self.density_act, self.color_act = DENSITY_ACTS[s.density_act], COLOR_ACTS[s.color_act]
 
     def forward(self, o: torch.Tensor, d: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """Stratified samples in ``N`` equal bins (``gen``), or the bin midpoints (``gen=None``)."""
@@ -357,7 +394,7 @@ class QuadratureField(nn.Module):
         g = self.sigma_mlp(e).reshape(r, m)
         c = self.color_mlp(e).reshape(r, m, 3)
         delta = (self.far - self.near) / self.n
-        return composite(self.sigma_scale * torch.relu(g) * delta, c)
+        return composite(self.sigma_scale * self.density_act(g) * delta, self.color_act(c))
 
     @property
     def evals_per_ray(self) -> int:
@@ -396,7 +433,7 @@ def _loss(model: nn.Module, o, d, rgb, gen, s: RenderSettings) -> tuple[torch.Te
     loss = o.new_zeros(())
     stats: dict[str, float] = {}
     if s.loss in ("both", "section"):
-        sec = torch.mean((section_render(model.sigma_phi, model.color_phi, o, d, cuts, model.sigma_scale) - rgb) ** 2)
+        sec = torch.mean((model.section(o, d, cuts) - rgb) ** 2)
         loss = loss + sec
         stats["sec"] = float(sec.detach())
     if s.loss in ("both", "samples"):
@@ -404,7 +441,9 @@ def _loss(model: nn.Module, o, d, rgb, gen, s: RenderSettings) -> tuple[torch.Te
         c_in = cuts.detach() if s.loss == "both" else cuts
         pred, g = model.sample_render(o, d, c_in, per, gen)
         smp = torch.mean((pred - rgb) ** 2)
-        loss = loss + smp + s.neg_penalty * torch.relu(-g).mean()
+        loss = loss + smp
+        if s.density_act == "relu":
+            loss = loss + s.neg_penalty * torch.relu(-g).mean()
         stats["smp"] = float(smp.detach())
     stats["loss"] = float(loss.detach())
     return loss, stats
@@ -423,8 +462,10 @@ class _Bundle:
 
 def _arch(model: nn.Module, method: str, s: RenderSettings) -> dict[str, Any]:
     keys = (
-        "size hidden_sigma hidden_color frequencies skips activation sampler_hidden sampler_frequencies "
-        "section_eps uniform_sections samples_per_ray loss neg_penalty sigma_scale steps batch_rays lr "
+        "size hidden_sigma hidden_color frequencies dir_frequencies skips activation sampler_hidden "
+        "sampler_frequencies "
+        "section_eps uniform_sections samples_per_ray loss neg_penalty sigma_scale density_act color_act steps "
+        "batch_rays lr grad_clip "
         "lr_min_factor seed near far dtype"
     ).split()
     arch = {k: getattr(s, k) for k in keys}
@@ -540,6 +581,8 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss, stats = _loss(model, o_all[idx], d_all[idx], rgb_all[idx], gen, s)
             loss.backward()
+            if s.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
             opt.step()
             losses.append(stats["loss"])
             bar.update(1)
@@ -601,6 +644,29 @@ def render_views(model: nn.Module, views: Views, s: RenderSettings) -> tuple[lis
         images.append(img.reshape(views.size, views.size, 3).double().cpu().numpy())
         times.append(best * 1000.0)
     return images, times
+
+
+def interleaved_render_ms(models: dict[str, nn.Module], views: Views, s: RenderSettings) -> dict[str, float]:
+    """Render time per image (ms) of each model: ``timing_repeats`` rounds, each rendering every view
+    with every model in turn; per view the fastest round; the median over views."""
+    device = resolve_device(s.device)
+    dtype = _dtype(s)
+    best = {m: [float("inf")] * len(views) for m in models}
+    rays = [(views.origins[i].to(device, dtype), views.directions[i].to(device, dtype)) for i in range(len(views))]
+    for model in models.values():  # warm-up
+        model.eval()
+        render_rays(model, *rays[0], s.render_chunk)
+    for _ in range(max(1, s.timing_repeats)):
+        for name, model in models.items():
+            for i, (o, d) in enumerate(rays):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                render_rays(model, o, d, s.render_chunk)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                best[name][i] = min(best[name][i], time.perf_counter() - t0)
+    return {name: 1000.0 * float(statistics.median(v)) for name, v in best.items()}
 
 
 def image_metrics(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
@@ -766,18 +832,19 @@ def run(s: RenderSettings, out: str | Path, *, verbose: bool = True, resume: boo
                     f"ground truth ({s.gt_samples} samples/ray) in {time.perf_counter() - t0:.1f} s",
                     flush=True,
                 )
-            metrics[scene], images = {}, {}
+            metrics[scene], images, models = {}, {}, {}
             const = constant_image_psnr(train, test)
             extra[scene] = {"constant_color_psnr": const, "final_loss": {}}
             for method in _method_names(s):
                 model = build_model(method, s)
                 ckpt = out / "checkpoints" / scene / f"{method}.safetensors" if resume else None
                 info = train_model(model, train, s, method=method, checkpoint=ckpt, desc=f"{scene} {method}")
-                m, imgs = evaluate(model, test, s)
+                m, imgs = evaluate(model, test, replace(s, timing_repeats=1))  # timed again below
                 m["train_s"] = float(info["train_s"])
                 metrics[scene][method] = {k: m[k] for k in ("psnr", "ssim", "render_ms", "evals_per_ray", "train_s")}
                 extra[scene]["final_loss"][method] = info["final_loss"]
                 images[method] = imgs
+                models[method] = model
                 for i, img in enumerate(imgs):
                     _save_png(out / scene / f"{method}_view{i}.png", img)
                 if verbose:
@@ -789,6 +856,17 @@ def run(s: RenderSettings, out: str | Path, *, verbose: bool = True, resume: boo
                     )
                 # written after every method: a partial run leaves valid (partial) results
                 (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            # render times again, all methods interleaved (round-robin), fastest of the rounds per view:
+            # on a shared machine a burst of load then hits every method alike, not one of them
+            for method, ms in interleaved_render_ms(models, test, s).items():
+                metrics[scene][method]["render_ms"] = ms
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            if verbose:
+                print(
+                    f"[{scene}] render ms/image, interleaved timing: "
+                    + ", ".join(f"{k} {v['render_ms']:.1f}" for k, v in metrics[scene].items()),
+                    flush=True,
+                )
             for i in range(len(test)):
                 _save_png(out / scene / f"gt_view{i}.png", test.image(i))
             plot_compare(scene, test, images, metrics[scene], out / f"{scene}_compare.png", views=(0, 1))
@@ -797,6 +875,7 @@ def run(s: RenderSettings, out: str | Path, *, verbose: bool = True, resume: boo
     total = time.perf_counter() - t_start
     info = {
         "settings": settings_d,
+        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cpu": _cpu_name(),
         "torch": torch.__version__,
         "threads": s.threads,
@@ -819,6 +898,8 @@ def run(s: RenderSettings, out: str | Path, *, verbose: bool = True, resume: boo
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    if text.strip().lower() == "none":
+        return ()
     try:
         vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
@@ -848,7 +929,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--paper-size", action="store_true", help="the original's 8x256 field networks, posenc 10, skip 4")
     p.add_argument("--scenes", type=_scene_list, default=None, help=f"comma-separated from {','.join(SCENES)}")
     p.add_argument("--sections", type=_int_list, default=None, help="K values, e.g. 8,16,32")
-    p.add_argument("--quad-samples", type=_int_list, default=None, help="N values of the baseline, e.g. 64,128")
+    p.add_argument(
+        "--quad-samples", type=_int_list, default=None, help="N values of the baseline, e.g. 64,128 (none: skip it)"
+    )
     p.add_argument("--uniform-sections", action="store_true", help="equal sections instead of the sampling network")
     p.add_argument("--loss", choices=["both", "samples", "section"], default=None, help="AutoInt training loss")
     p.add_argument("--size", type=int, default=None, help="image side in pixels")
