@@ -314,6 +314,13 @@ def test_cli_writes_metrics_images_and_resumes(tmp_path, capsys):
     assert (tmp_path / "blobs_compare.png").stat().st_size > 5000
     assert (tmp_path / "blobs" / "autoint-K4_view1.png").exists()
     assert (tmp_path / "checkpoints" / "blobs" / "autoint-K4.safetensors").exists()
+    (cached,) = (tmp_path / "data").glob("blobs_*.safetensors")  # ground truth cached as tensors
+    train, test = RS.make_views(RS.get_scene("blobs"), 3, 2, 8, gt_samples=512)
+    s = R.settings_from_args(args)
+    c_train, c_test = R._views("blobs", s, tmp_path / "data")
+    torch.testing.assert_close(c_test.rgb, test.rgb)
+    torch.testing.assert_close(c_train.origins, train.origins)
+    np.testing.assert_allclose(c_test.positions, test.positions)
     capsys.readouterr()
     assert args.func(args) == 0  # again: everything is loaded from the checkpoints
     out = capsys.readouterr().out

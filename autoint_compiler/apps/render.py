@@ -710,10 +710,16 @@ def _views(scene: str, s: RenderSettings, cache: Path | None) -> tuple[Views, Vi
     )
     key.update(near=s.near, far=s.far, seed=s.seed)
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache / f"{scene}_{tag}.pt" if cache is not None else None
-    if path is not None and path.exists():
-        data = torch.load(path, weights_only=False)
-        return data["train"], data["test"]
+    path = cache / f"{scene}_{tag}.safetensors" if cache is not None else None
+    fields = ("origins", "directions", "rgb")
+    if path is not None and path.exists():  # tensors only (safetensors: no pickle)
+        from safetensors.torch import load_file
+
+        data = load_file(str(path))
+        return tuple(  # type: ignore[return-value]
+            Views(*(data[f"{part}.{f}"] for f in fields), data[f"{part}.positions"].numpy(), s.size)
+            for part in ("train", "test")
+        )
     train, test = make_views(
         get_scene(scene),
         s.n_train,
@@ -727,8 +733,15 @@ def _views(scene: str, s: RenderSettings, cache: Path | None) -> tuple[Views, Vi
         seed=s.seed,
     )
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"train": train, "test": test}, path)
+        from safetensors.torch import save
+
+        from ..checkpoint import atomic_write_bytes
+
+        tensors = {}
+        for part, v in (("train", train), ("test", test)):
+            tensors.update({f"{part}.{f}": getattr(v, f).contiguous() for f in fields})
+            tensors[f"{part}.positions"] = torch.from_numpy(np.ascontiguousarray(v.positions))
+        atomic_write_bytes(path, save(tensors, metadata={"key": json.dumps(key, sort_keys=True)}))
     return train, test
 
 
