@@ -265,6 +265,7 @@ def test_resume_from_an_interrupted_run_gives_the_same_weights(tmp_path, monkeyp
     again = R.build_model("autoint-K4", s)
     info2 = R.train_model(again, train, s, method="autoint-K4", checkpoint=ckpt)
     assert info2["resumed_from"] == 12
+    assert info2["final_loss"] == pytest.approx(info["final_loss"])  # kept in the checkpoint's metadata
     torch.testing.assert_close(again.sigma_phi.fc0_weight, full.sigma_phi.fc0_weight, rtol=1e-5, atol=1e-6)
 
 

@@ -542,7 +542,7 @@ def train_model(
     params = [p for p in model.parameters()]
     opt = torch.optim.Adam(params, lr=s.lr)
     bundle = _Bundle(model, f"render/{method}", _arch(model, method, s))
-    start, prev_s = 0, 0.0
+    start, prev_s, prev_loss = 0, 0.0, float("nan")
     ckpt = Path(checkpoint) if checkpoint is not None else None
     adam_path = ckpt.with_suffix(".adam.safetensors") if ckpt is not None else None
     if ckpt is not None and ckpt.exists():
@@ -550,6 +550,7 @@ def train_model(
             meta = read_metadata(ckpt)
             load_checkpoint(ckpt, bundle)
             start, prev_s = int(meta.get("step", "0")), float(meta.get("train_s", "0"))
+            prev_loss = float(meta.get("final_loss", "nan"))
             if start < s.steps and adam_path is not None and adam_path.exists():
                 _load_adam(adam_path, opt)
         except CheckpointError as exc:  # another configuration: start over (and overwrite it)
@@ -564,11 +565,16 @@ def train_model(
     last_post, stats = t0, {"loss": float("nan")}
     losses: list[float] = []
 
+    def final_loss() -> float:  # mean of the last 50 steps' losses (the checkpoint's, if none ran here)
+        tail = losses[-50:]
+        return sum(tail) / len(tail) if tail else prev_loss
+
     def save(step: int) -> None:
         if ckpt is None:
             return
         elapsed = prev_s + time.perf_counter() - t0
-        save_checkpoint(ckpt, bundle, extra={"step": step, "train_s": f"{elapsed:.3f}", "method": method})
+        extra = {"step": step, "train_s": f"{elapsed:.3f}", "method": method, "final_loss": repr(final_loss())}
+        save_checkpoint(ckpt, bundle, extra=extra)
         if adam_path is not None:
             _save_adam(adam_path, opt)
 
@@ -599,11 +605,10 @@ def train_model(
     train_s = prev_s + time.perf_counter() - t0
     if start < s.steps:
         save(s.steps)
-    tail = losses[-50:]
     return {
         "train_s": train_s,
         "steps": s.steps,
-        "final_loss": sum(tail) / len(tail) if tail else float("nan"),
+        "final_loss": final_loss(),
         "resumed_from": start,
     }
 
