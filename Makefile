@@ -11,7 +11,7 @@ TRITON_SPEC ?= triton==3.8.0
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup demo test bench lint ct oned clean
+.PHONY: setup demo test bench lint ct oned render clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,9 @@ oned: setup
 
 ct: setup
 	$(VENV)/bin/autoint-compile ct --out $(OUT)/ct
+
+render: setup
+	$(VENV)/bin/autoint-compile render --quick --out $(OUT)/render
 
 clean:
 	rm -rf $(OUT) .pytest_cache .hypothesis

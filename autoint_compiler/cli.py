@@ -27,6 +27,7 @@ from .errors import AutoIntError
 EXPERIMENTS = {
     "train-1d": ("autoint_compiler.apps.oned", "fit a 1-D signal and check integrals against exact ones"),
     "ct": ("autoint_compiler.apps.ct", "sparse-view CT of the Shepp-Logan phantom (AutoInt vs FBP)"),
+    "render": ("autoint_compiler.apps.render", "volume rendering: AutoInt sections vs quadrature"),
 }
 COMMANDS = {"compile", "inspect", "rules"}
 
