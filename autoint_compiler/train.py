@@ -162,7 +162,8 @@ def _param_dtype(net: Any) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def _show_progress(flag: bool | None) -> bool:
+def show_progress(flag: bool | None) -> bool:
+    """A progress bar when asked, else only on a terminal."""
     if flag is not None:
         return bool(flag)
     try:
@@ -252,7 +253,7 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback, which: str) -> H
         if found is not None:
             start = run.restore(found[1], opt, gen, losses)
     main = distributed.is_main()
-    show = _show_progress(cfg.progress) and main
+    show = show_progress(cfg.progress) and main
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not show, dynamic_ncols=True, unit="step")

@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..train import device_error, resolve_device
+from ..train import device_error, resolve_device, show_progress
 from .render_scenes import SCENES, Views, composite, get_scene, make_views
 
 __all__ = [
@@ -507,15 +507,6 @@ def _lr_at(s: RenderSettings, step: int) -> float:
     return lo + 0.5 * (s.lr - lo) * (1.0 + math.cos(math.pi * step / (s.steps - 1)))
 
 
-def _show_progress(flag: bool | None) -> bool:
-    if flag is not None:
-        return bool(flag)
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def train_model(
     model: nn.Module,
     train: Views,
@@ -558,7 +549,7 @@ def train_model(
             start, prev_s = 0, 0.0
     gen = torch.Generator(device=device)
     bar = tqdm(
-        total=s.steps, initial=start, desc=desc, disable=not _show_progress(s.progress), dynamic_ncols=True, unit="step"
+        total=s.steps, initial=start, desc=desc, disable=not show_progress(s.progress), dynamic_ncols=True, unit="step"
     )
     model.train()
     t0 = time.perf_counter()

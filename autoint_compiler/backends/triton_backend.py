@@ -46,6 +46,7 @@ from ..names import param_attribute
 from ..stacking import find_stacks
 from ..templating import render
 from . import triton_print
+from .sympy_print import split_long
 
 #: op -> how it is lowered (the backend's one lowering table)
 LOWERINGS: dict[str, str] = {
@@ -447,8 +448,7 @@ class _Emitter:
         if len(line) <= 110:
             self.out.lines.append(line)
             return
-        head, args = call.split("(", 1)  # _run(Fn, flags, tensors...): one argument per line
-        self.out.lines += [f"{lhs} = {head}("] + [f"    {a}," for a in _split_top(args[:-1])] + [")"]
+        self.out.lines += split_long(lhs, call, limit=110)  # one argument per line
 
     def _layer(self, layer: LayerPlan) -> None:
         g = self.g
@@ -524,18 +524,6 @@ class _Emitter:
             raise CompileError(f"triton backend: no Triton lowering for op {op!r} (node %{nid})")
 
 
-def _split_top(text: str) -> list[str]:
-    """Split at the commas outside brackets."""
-    out, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += ch in "(["
-        depth -= ch in ")]"
-        if ch == "," and depth == 0:
-            out.append(text[start:i].strip())
-            start = i + 1
-    return out + [text[start:].strip()]
-
-
 def emit_graph(g: IRGraph, tag: str, owner: str, kernels: Kernels, stack: bool = True) -> Emitted:
     if len(g.graph["outputs"]) != 1:
         raise CompileError("triton backend: exactly one output node expected")
@@ -569,8 +557,15 @@ def generate(program, *, version: str, stack: bool = True, allow_tf32: bool = Fa
     integral = emit_graph(integral_ir, "i", "self", kernels, stack)
     grad = emit_graph(grad_ir, "g", "m", kernels, stack)
     params = [
-        dict(weight=param_attribute(name, "weight"), bias_attr=param_attribute(name, "bias"), out=p.out,
-             inp=p.inp, bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
+        dict(
+            weight=param_attribute(name, "weight"),
+            bias_attr=param_attribute(name, "bias"),
+            out=p.out,
+            inp=p.inp,
+            bias=p.bias,
+            wb=_f(p.weight_bound),
+            bb=_f(p.bias_bound),
+        )
         for name, p in sorted(integral_ir.graph["params"].items())
     ]
     units = list(kernels.units.values())
