@@ -1,11 +1,11 @@
 """Compile time of a spec and size of the generated code.
 
 cold: ``ac.compile(spec)`` in a fresh Python subprocess, timed from before ``import autoint_compiler``
-      to the returned network (so it includes importing the package, torch and the generated module),
-      with an empty generated-code cache (``AUTOINT_CACHE_DIR`` = a new temp folder).  The child also
-      reports the import part on its own, and the parent the whole subprocess wall time.
+      to the returned network (so it includes importing the package, torch and the generated module;
+      generated text is executed directly, there is no on-disk cache).  The child also reports the
+      import part on its own, and the parent the whole subprocess wall time.
 warm: in one process, after a first compile, ``ac.compile`` of a different spec of the same size (a
-      new name, so neither the in-process module table nor the on-disk cache can be reused).
+      new name, so the in-process module table cannot be reused).
       ``compile_source`` (spec -> IR -> grad IR -> Python text, no torch) is timed separately.
 """
 
@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,12 +37,10 @@ def cold(spec: dict, repeats: int = 3) -> dict:
     totals, imports, compiles, walls = [], [], [], []
     err = ""
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory(prefix="autoint_cold_") as tmp:
-            env = dict(os.environ, AUTOINT_CACHE_DIR=tmp)
-            w0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], cwd=ROOT_DIR, env=env,
-                                  capture_output=True, text=True, timeout=300)
-            walls.append(time.perf_counter() - w0)
+        w0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], cwd=ROOT_DIR,
+                              capture_output=True, text=True, timeout=300)
+        walls.append(time.perf_counter() - w0)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
             err = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:300]
@@ -62,43 +59,35 @@ def cold(spec: dict, repeats: int = 3) -> dict:
 def warm(size: str, activation: str, repeats: int = 7) -> dict:
     import autoint_compiler as ac
 
-    old = os.environ.get("AUTOINT_CACHE_DIR")
     out: dict = {}
-    with tempfile.TemporaryDirectory(prefix="autoint_warm_") as tmp:
-        os.environ["AUTOINT_CACHE_DIR"] = tmp
-        try:
-            tag = f"{os.getpid()}_{time.time_ns()}"
-            net = ac.compile(make_spec(size, activation, name=f"first_{tag}"))  # the first compile
-            src = net.source
-            out["source_bytes"] = len(src.encode())
-            out["source_lines"] = src.count("\n") + (0 if src.endswith("\n") else 1)
-            out["grad_forward_lines"] = _forward_lines(src, "GradNet")
-            out["integral_forward_lines"] = _forward_lines(src, "IntegralNet")
-            rep = getattr(net, "report", {}) or {}
-            out["integral_nodes"] = rep.get("integral_nodes", "")
-            out["grad_nodes"] = rep.get("grad_nodes", "")
-            ts, tsrc = [], []
-            for i in range(repeats):
-                spec = make_spec(size, activation, seed=i + 1, name=f"warm_{i}_{tag}")
+    try:
+        tag = f"{os.getpid()}_{time.time_ns()}"
+        net = ac.compile(make_spec(size, activation, name=f"first_{tag}"))  # the first compile
+        src = net.source
+        out["source_bytes"] = len(src.encode())
+        out["source_lines"] = src.count("\n") + (0 if src.endswith("\n") else 1)
+        out["grad_forward_lines"] = _forward_lines(src, "GradNet")
+        out["integral_forward_lines"] = _forward_lines(src, "IntegralNet")
+        rep = getattr(net, "report", {}) or {}
+        out["integral_nodes"] = rep.get("integral_nodes", "")
+        out["grad_nodes"] = rep.get("grad_nodes", "")
+        ts, tsrc = [], []
+        for i in range(repeats):
+            spec = make_spec(size, activation, seed=i + 1, name=f"warm_{i}_{tag}")
+            t0 = time.perf_counter()
+            ac.compile(spec)
+            ts.append(time.perf_counter() - t0)
+            if hasattr(ac, "compile_source"):
+                spec = make_spec(size, activation, seed=i + 1, name=f"src_{i}_{tag}")
                 t0 = time.perf_counter()
-                ac.compile(spec)
-                ts.append(time.perf_counter() - t0)
-                if hasattr(ac, "compile_source"):
-                    spec = make_spec(size, activation, seed=i + 1, name=f"src_{i}_{tag}")
-                    t0 = time.perf_counter()
-                    ac.compile_source(spec)
-                    tsrc.append(time.perf_counter() - t0)
-            out.update(warm_s=statistics.median(ts), warm_min_s=min(ts), warm_max_s=max(ts), warm_repeats=len(ts))
-            if tsrc:
-                out.update(warm_compile_source_s=statistics.median(tsrc))
-            out["status"] = "ok"
-        except Exception as exc:
-            out["status"] = f"warm compile failed: {type(exc).__name__}: {exc}"[:300]
-        finally:
-            if old is None:
-                os.environ.pop("AUTOINT_CACHE_DIR", None)
-            else:
-                os.environ["AUTOINT_CACHE_DIR"] = old
+                ac.compile_source(spec)
+                tsrc.append(time.perf_counter() - t0)
+        out.update(warm_s=statistics.median(ts), warm_min_s=min(ts), warm_max_s=max(ts), warm_repeats=len(ts))
+        if tsrc:
+            out.update(warm_compile_source_s=statistics.median(tsrc))
+        out["status"] = "ok"
+    except Exception as exc:
+        out["status"] = f"warm compile failed: {type(exc).__name__}: {exc}"[:300]
     return out
 
 
