@@ -54,24 +54,14 @@ def prepare(folder: Path, widths=WIDTHS, n_vars=VARS) -> None:
     from autoint_compiler import __version__
     from autoint_compiler.backends.triton_backend import generate
     from autoint_compiler.compiler import compile_source
-    from autoint_compiler.program import Program
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = []
     for w in widths:
         for v in n_vars:
             cs = compile_source(spec_for(w, v))
-            spec = cs.spec
-            prog = Program(
-                name=spec.ident,
-                integral=cs.integral_ir,
-                grad=cs.grad_ir,
-                dtype=spec.dtype,
-                inputs=tuple((n, *spec.column_of(n)) for n in spec.inputs),
-                wrt=tuple(spec.integrate),
-            )
             (folder / f"{cs.name}_torch.py").write_text(cs.source)
-            (folder / f"{cs.name}_triton.py").write_text(generate(prog, version=__version__))
+            (folder / f"{cs.name}_triton.py").write_text(generate(cs.program, version=__version__))
             manifest.append({"name": cs.name, "width": w, "vars": v})
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 

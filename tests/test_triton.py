@@ -30,28 +30,15 @@ from autoint_compiler.backends import get_backend, triton_print  # noqa: E402
 from autoint_compiler.backends.triton_backend import generate, plan_graph  # noqa: E402
 from autoint_compiler.compiler import compile_source, load_module  # noqa: E402
 from autoint_compiler.errors import CompileError  # noqa: E402
-from autoint_compiler.program import Program  # noqa: E402
 
 F64 = dict(out=1e-9, grad=1e-9)
 F32 = dict(out=2e-5, grad=1e-4)
 
 
-def _program(cs) -> Program:
-    spec = cs.spec
-    return Program(
-        name=spec.ident,
-        integral=cs.integral_ir,
-        grad=cs.grad_ir,
-        dtype=spec.dtype,
-        inputs=tuple((n, *spec.column_of(n)) for n in spec.inputs),
-        wrt=tuple(spec.integrate),
-    )
-
-
 def _pair(spec, **options):
     """(torch module, triton module, triton source) for a spec."""
     cs = compile_source(spec)
-    src = generate(_program(cs), version="test", **options)
+    src = generate(cs.program, version="test", **options)
     return load_module(cs.name, cs.source), load_module(cs.name + "_triton", src), src
 
 
@@ -315,10 +302,10 @@ def test_op_without_lowering_is_a_compile_error():
 def test_deterministic_and_registered():
     spec = _small("box2d.yaml")
     cs = compile_source(spec)
-    assert generate(_program(cs), version="x") == generate(_program(compile_source(spec)), version="x")
+    assert generate(cs.program, version="x") == generate(compile_source(spec).program, version="x")
     assert get_backend("triton").generate is generate
     with pytest.raises(CompileError, match="unknown option"):
-        generate(_program(cs), version="x", bogus=1)
+        generate(cs.program, version="x", bogus=1)
 
 
 def test_generated_module_passes_ruff(tmp_path):
@@ -335,7 +322,7 @@ def test_generated_module_passes_ruff(tmp_path):
     for name in ("box2d.yaml", "field3d.yaml", "graph_mix.yaml"):
         cs = compile_source(REPO_ROOT / "examples" / name)
         path = tmp_path / f"{cs.name}_triton.py"
-        path.write_text(generate(_program(cs), version="test"), encoding="utf-8")
+        path.write_text(generate(cs.program, version="test"), encoding="utf-8")
         cmd = [ruff, "check", "--isolated", "--no-cache", "--select", "E,F,W,I", "--line-length", "120", str(path)]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"{name}:\n{out.stdout}{out.stderr}"

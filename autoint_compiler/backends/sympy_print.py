@@ -10,6 +10,7 @@ long assignment out over several lines.
 from __future__ import annotations
 
 import ast
+import math
 
 import sympy as sp
 from sympy.printing.str import StrPrinter
@@ -37,6 +38,14 @@ LIBRARY_JVP = {
 }
 
 _PREC_ADD, _PREC_MUL, _PREC_NEG, _PREC_POW, _PREC_ATOM = 1, 2, 3, 4, 5
+
+
+def float_literal(v: float, backend: str = "") -> str:
+    """A finite constant as an exact Python float literal (a non-finite one is a CompileError)."""
+    v = float(v)
+    if math.isnan(v) or math.isinf(v):
+        raise CompileError(f"{backend + ' backend: ' if backend else ''}non-finite constant {v} cannot be emitted")
+    return repr(v)
 
 
 def _float(v) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import builtins
 import keyword
-import math
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,10 +35,7 @@ from . import sympy_print
 
 
 def _f(v: float) -> str:
-    v = float(v)
-    if math.isnan(v) or math.isinf(v):
-        raise CompileError(f"non-finite constant {v} cannot be emitted")
-    return repr(v)
+    return sympy_print.float_literal(v)
 
 
 @dataclass

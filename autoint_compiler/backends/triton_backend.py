@@ -31,7 +31,6 @@ An op outside ``LOWERINGS`` is a ``CompileError`` naming it. The IR is read only
 
 from __future__ import annotations
 
-import math
 import textwrap
 from dataclasses import dataclass, field
 
@@ -45,7 +44,7 @@ from ..ir import IRGraph, pointwise_expr
 from ..names import param_attribute
 from ..stacking import find_stacks
 from ..templating import render
-from . import triton_print
+from . import sympy_print, triton_print
 from .sympy_print import split_long
 
 #: op -> how it is lowered (the backend's one lowering table)
@@ -72,10 +71,7 @@ ELEMENTWISE = ("add", "sub", "mul", "neg", "scale")
 
 
 def _f(v: float) -> str:
-    v = float(v)
-    if math.isnan(v) or math.isinf(v):
-        raise CompileError(f"triton backend: non-finite constant {v} cannot be emitted")
-    return repr(v)
+    return sympy_print.float_literal(v, "triton")
 
 
 # ---------------------------------------------------------------------------------------------------
