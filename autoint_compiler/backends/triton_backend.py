@@ -44,7 +44,7 @@ from ..ir import IRGraph, pointwise_expr
 from ..names import param_attribute
 from ..stacking import find_stacks
 from ..templating import render
-from . import sympy_print, triton_print
+from . import sympy_print, triton_fused, triton_print
 from .sympy_print import split_long
 
 #: op -> how it is lowered (the backend's one lowering table)
@@ -384,6 +384,8 @@ class Emitted:
     lines: list[str] = field(default_factory=list)
     buffers: list[Buffer] = field(default_factory=list)
     result: str = ""
+    plan: GraphPlan | None = None
+    buffer_of: dict[int, str] = field(default_factory=dict)  # node id -> its buffer's module attribute
 
 
 class _Emitter:
@@ -415,6 +417,7 @@ class _Emitter:
     def buffer(self, nid: int, values, row: bool, kind: str = "c") -> str:
         name = f"{kind}{self.tag}{nid}"
         self.out.buffers.append(Buffer(name, tuple(float(v) for v in values), row))
+        self.out.buffer_of[nid] = f"{self.owner}.{name}"
         return f"{self.owner}.{name}"
 
     def run(self) -> Emitted:
@@ -428,6 +431,7 @@ class _Emitter:
                 self._node(k)
         (o,) = g.graph["outputs"]
         self.out.result = self.batched_ref(o)
+        self.out.plan = self.plan
         return self.out
 
     def _labels(self, region: fusion.Region) -> str:
@@ -539,12 +543,16 @@ def _nonsmooth(g: IRGraph) -> list[str]:
     return sorted(out)
 
 
-def generate(program, *, version: str, stack: bool = True, allow_tf32: bool = False, **options) -> str:
+def generate(
+    program, *, version: str, stack: bool = True, allow_tf32: bool = False, fuse_network: bool = True, **options
+) -> str:
     """The module source for a ``Program`` (deterministic: same program and options, same text).
 
     ``stack`` (default) runs the chains of a layer as one GEMM with the unit in its epilogue; ``False``
     gives one GEMM per ``linear`` node and one kernel per unit. ``allow_tf32`` lets float32 GEMMs use
-    TF32 tensor cores on the GPU (about 1e-3 relative error; default: IEEE float32)."""
+    TF32 tensor cores on the GPU (about 1e-3 relative error; default: IEEE float32). ``fuse_network``
+    (default) adds one whole-network kernel per network (``triton_fused``) that runs when autograd is
+    not recording; training always uses the per-layer kernels."""
     unknown = sorted(set(options) - {"fuse"})
     if unknown:
         raise CompileError(f"triton backend: unknown option(s) {', '.join(unknown)}")
@@ -552,6 +560,14 @@ def generate(program, *, version: str, stack: bool = True, allow_tf32: bool = Fa
     kernels = Kernels()
     integral = emit_graph(integral_ir, "i", "self", kernels, stack)
     grad = emit_graph(grad_ir, "g", "m", kernels, stack)
+    fused = {}
+    for key, ir_, em, owner in (("integral", integral_ir, integral, "self"), ("grad", grad_ir, grad, "m")):
+        fused[key] = triton_fused.fused_kernel(
+            ir_, em.plan, kernels, f"_{key}_fused_kernel", owner,
+            weight_attr=lambda p, owner=owner: f"{owner}.{param_attribute(p, 'weight')}",
+            bias_attr=lambda p, owner=owner: f"{owner}.{param_attribute(p, 'bias')}",
+            buffers=em.buffer_of,
+        ) if fuse_network else triton_fused.FusedKernel(f"_{key}_fused_kernel", [], [], "fuse_network=False")  # fmt: skip
     params = [
         dict(
             weight=param_attribute(name, "weight"),
@@ -585,8 +601,21 @@ def generate(program, *, version: str, stack: bool = True, allow_tf32: bool = Fa
         out_features=program.out_features,
         columns=tuple(program.integration_columns),
         grad_title=("d" if len(wrt) == 1 else f"d^{len(wrt)} ") + "Phi / " + " ".join(f"d{v}" for v in wrt),
-        grad_uses_m=any("m." in line for line in grad.lines + [grad.result]),
+        grad_uses_m=any("m." in line for line in grad.lines + [grad.result] + _fused_call(fused["grad"])),
         nonsmooth=_nonsmooth(grad_ir),
         allow_tf32=allow_tf32,
         stack=stack,
+        fuse_network=fuse_network,
+        fused=fused,
+        fused_calls={k: _fused_call(f) for k, f in fused.items()},
+        fuse_helpers=any(f.lines for f in fused.values()),
     )
+
+
+def _fused_call(kernel: triton_fused.FusedKernel) -> list[str]:
+    """``return _fused(kernel, x, tensors...)`` laid out within the line limit (empty when not fused)."""
+    if not kernel.lines:
+        return []
+    args = [kernel.name, "x", *kernel.tensors]
+    one = f"y = _fused({', '.join(args)})"
+    return [one] if len(one) <= 100 else ["y = _fused(", *[f"    {a}," for a in args], ")"]
