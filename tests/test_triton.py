@@ -42,8 +42,11 @@ def _pair(spec, **options):
     return load_module(cs.name, cs.source), load_module(cs.name + "_triton", src), src
 
 
-def _compare(spec, tol, n=20, seed=0, low=-1.0, high=1.0, integrate=False, **options):
-    tm, xm, _ = _pair(spec, **options)
+def _compare(spec, tol, n=20, seed=0, low=-1.0, high=1.0, integrate=False, train=True, **options):
+    """Inference through the whole-network kernels (asserted to have run unless the module says why
+    not) and through the per-layer kernels, then training through the per-layer kernels."""
+    tm, xm, src = _pair(spec, **options)
+    fused = _record_fused(xm)
     torch.manual_seed(seed)
     ref = tm.IntegralNet()
     net = xm.IntegralNet()
@@ -58,6 +61,19 @@ def _compare(spec, tol, n=20, seed=0, low=-1.0, high=1.0, integrate=False, **opt
             k = len(tm.INTEGRATION_COLUMNS)
             lo, hi = -torch.rand(n, k, generator=gen, dtype=tm.DTYPE), torch.rand(n, k, generator=gen, dtype=tm.DTYPE)
             assert_rel_close(net.integrate(lo, hi, x), ref.integrate(lo, hi, x), tol["out"], "integrate")
+        expected = {"_integral_fused_kernel", "_grad_fused_kernel"}
+        if options.get("fuse_network", True):
+            expected = {k for k in expected if f"def {k}(" in src}
+            assert len(expected) + src.count("not fused into one kernel:") == 2, "a network neither fused nor says why"
+        assert set(fused) == (expected if options.get("fuse_network", True) else set()), fused
+        xm.FUSE_NETWORK = False  # the per-layer kernels' inference path
+        assert_rel_close(net(x), ref(x), tol["out"], "integral network (per-layer kernels)")
+        assert_rel_close(gnet(x), gref(x), tol["out"], "grad network (per-layer kernels)")
+        xm.FUSE_NETWORK = True
+        extra = int(integrate and "_integral_fused_kernel" in expected)  # integrate() evaluates Phi once
+        assert len(fused) == len(expected) + extra, "the per-layer path ran a whole-network kernel"
+    if not train:
+        return tm, xm
     weights = torch.randn(n, tm.OUT_FEATURES, generator=gen, dtype=tm.DTYPE)
     for module, g in ((ref, gref), (net, gnet)):
         module.zero_grad()
@@ -70,6 +86,18 @@ def _compare(spec, tol, n=20, seed=0, low=-1.0, high=1.0, integrate=False, **opt
     for (name, p), (_, q) in zip(ref.named_parameters(), net.named_parameters()):
         assert_rel_close(_grad(q), _grad(p), tol["grad"], f"gradient of {name}")
     return tm, xm
+
+
+def _record_fused(module) -> list[str]:
+    """The names of the whole-network kernels ``module`` launches from now on."""
+    names, launch = [], module._fused
+
+    def recorded(kernel, *args):
+        names.append(kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__)
+        return launch(kernel, *args)
+
+    module._fused = recorded
+    return names
 
 
 def _grad(t):
@@ -248,6 +276,60 @@ def test_chains_share_one_gemm():
     _, _, src = _pair(_small("box2d.yaml"))
     assert "acc3 += tl.dot(x3, w, input_precision=PREC, out_dtype=ACC)" in src
     assert "(True, False, False, False)" in src
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole-network kernels: wide values in 128-column chunks, the width limit, one weight load per layer
+# ---------------------------------------------------------------------------------------------------
+
+#: values 150-200 wide: two register chunks, with a positional encoding, a slice and a concat that
+#: cross the chunk boundary at column 128, a sum over both chunks and a width-1 column broadcast
+WIDE = [
+    {"name": "h0", "op": "linear", "in": ["t", "y"], "out": 40},
+    {"name": "a0", "op": "tanh", "in": ["h0"]},
+    {"name": "e", "op": "posenc", "in": ["a0"], "frequencies": 2, "include_input": True},
+    {"name": "h", "op": "linear", "in": ["e", "t"], "out": 150},
+    {"name": "a", "op": "sin", "in": ["h"]},
+    {"name": "sl", "op": "slice", "in": ["a"], "start": 100, "stop": 140},
+    {"name": "sm", "op": "sum", "in": ["a"]},
+    {"name": "b", "op": "mul", "in": ["sm", "a"]},
+    {"name": "h2", "op": "linear", "in": ["sl", "b"], "out": 20},
+    {"name": "r", "op": "softplus", "in": ["h2"]},
+    {"name": "o", "op": "linear", "in": ["r", "sm"], "out": 2},
+]
+
+
+@pytest.mark.parametrize("integrate", [("t",), ("t", "u")])
+def test_wide_values_fuse_in_chunks(integrate):
+    spec = ac_graph_spec(WIDE, inputs={"t": 1, "y": 2, "u": 1}, integrate=integrate)
+    spec["graph"][0]["in"] = ["t", "y", "u"]
+    _, _, src = _pair(spec)
+    assert "_fz_move(" in src and "_fz_repeat(" in src
+    assert any(line.strip().startswith("v") and "_1 = " in line for line in src.splitlines()), "no second chunk"
+    _compare(spec, F64, n=17, integrate=True, train=False)  # (training runs the per-layer kernels: slow here)
+
+
+def test_too_wide_a_network_keeps_the_per_layer_kernels_and_says_why():
+    from autoint_compiler.backends.triton_fused import MAX_WIDTH, plan_fused
+
+    nodes = [{"name": "h", "op": "linear", "in": ["t", "y"], "out": MAX_WIDTH + 1}, {"name": "a", "op": "tanh", "in": ["h"]},
+             {"name": "o", "op": "linear", "in": ["a"], "out": 1}]  # fmt: skip
+    cs = compile_source(ac_graph_spec(nodes, inputs={"t": 1, "y": 1}))
+    assert "exceeds MAX_WIDTH" in plan_fused(cs.grad_ir)
+    src = generate(cs.program, version="test")
+    assert src.count(f"# not fused into one kernel: a value {MAX_WIDTH + 1} wide exceeds MAX_WIDTH") == 2
+    assert "def _grad_fused_kernel(" not in src and "_inference(x, self)" not in src
+
+
+def test_whole_network_kernel_loads_each_weight_block_once_for_all_chains():
+    """box2d's grad network in one kernel: each hidden layer's weight is loaded once and multiplied
+    into its four chains; only the output is stored."""
+    _, _, src = _pair(_small("box2d.yaml"))
+    body = src.split("def _grad_fused_kernel(")[1].split("\n\n\n")[0]
+    loads = [ln for ln in body.splitlines() if ln.strip().startswith("w1_0 = tl.load(")]
+    dots = [ln for ln in body.splitlines() if "tl.dot(" in ln and ", w1_0," in ln]
+    assert len(loads) == 1 and len(dots) == 4, (loads, dots)
+    assert body.count("tl.store(") == 1
 
 
 # ---------------------------------------------------------------------------------------------------
