@@ -312,8 +312,11 @@ def test_wide_values_fuse_in_chunks(integrate):
 def test_too_wide_a_network_keeps_the_per_layer_kernels_and_says_why():
     from autoint_compiler.backends.triton_fused import MAX_WIDTH, plan_fused
 
-    nodes = [{"name": "h", "op": "linear", "in": ["t", "y"], "out": MAX_WIDTH + 1}, {"name": "a", "op": "tanh", "in": ["h"]},
-             {"name": "o", "op": "linear", "in": ["a"], "out": 1}]  # fmt: skip
+    nodes = [
+        {"name": "h", "op": "linear", "in": ["t", "y"], "out": MAX_WIDTH + 1},
+        {"name": "a", "op": "tanh", "in": ["h"]},
+        {"name": "o", "op": "linear", "in": ["a"], "out": 1},
+    ]
     cs = compile_source(ac_graph_spec(nodes, inputs={"t": 1, "y": 1}))
     assert "exceeds MAX_WIDTH" in plan_fused(cs.grad_ir)
     src = generate(cs.program, version="test")

@@ -562,12 +562,20 @@ def generate(
     grad = emit_graph(grad_ir, "g", "m", kernels, stack)
     fused = {}
     for key, ir_, em, owner in (("integral", integral_ir, integral, "self"), ("grad", grad_ir, grad, "m")):
+        name = f"_{key}_fused_kernel"
+        if not fuse_network:
+            fused[key] = triton_fused.FusedKernel(name, [], [], "fuse_network=False")
+            continue
         fused[key] = triton_fused.fused_kernel(
-            ir_, em.plan, kernels, f"_{key}_fused_kernel", owner,
+            ir_,
+            em.plan,
+            kernels,
+            name,
+            owner,
             weight_attr=lambda p, owner=owner: f"{owner}.{param_attribute(p, 'weight')}",
             bias_attr=lambda p, owner=owner: f"{owner}.{param_attribute(p, 'bias')}",
             buffers=em.buffer_of,
-        ) if fuse_network else triton_fused.FusedKernel(f"_{key}_fused_kernel", [], [], "fuse_network=False")  # fmt: skip
+        )
     params = [
         dict(
             weight=param_attribute(name, "weight"),

@@ -219,7 +219,8 @@ def _layer(w: _Writer, layer, kernels, weight, bias_attr, params) -> None:
             for h, z in zip(hs, zs):
                 op = "=" if i == 0 else "+="
                 if z.batched:
-                    w.emit(f"{z.at(j)} {op} tl.dot({h.at(i)}.to({wt}.dtype), {wt}, input_precision=PREC, out_dtype=ACC)")
+                    dot = f"tl.dot({h.at(i)}.to({wt}.dtype), {wt}, input_precision=PREC, out_dtype=ACC)"
+                    w.emit(f"{z.at(j)} {op} {dot}")
                 else:  # a row through the weight: a broadcast product and a reduction
                     w.emit(f"{z.at(j)} {op} tl.sum({h.at(i)}[:, :, None] * {wt}.to(ACC)[None, :, :], axis=1)")
         if any(bias):
@@ -235,7 +236,6 @@ def _layer(w: _Writer, layer, kernels, weight, bias_attr, params) -> None:
 
 def _unit(w: _Writer, region: fusion.Region, outputs: list[sp.Expr]) -> None:
     """The region's output expressions, chunk by chunk (width-1 inputs broadcast as columns)."""
-    g = w.g
     tiles = [w.put(o) for o in region.outputs]
     width = tiles[0].width
     cols = {}
@@ -336,13 +336,10 @@ def _node(w: _Writer, nid: int, weight) -> None:
         b = "1" if h.batched else "0"
         w.emit(f"# {'positional encoding' if trig else 'frequency scaling'}: {nf} frequencies")
         for j in range(t.chunks):
-            reps = [
-                f"_fz_repeat({h.at(i)}, {h.width}, {inc}, {t.width}, {h.pad}, {t.pad}, {i * CHUNK}, {j * CHUNK}, {b}, SEL)"
-                for i in range(h.chunks)
-            ]
+            shape = f"{h.width}, {inc}, {t.width}, {h.pad}, {t.pad}"
+            reps = [f"_fz_repeat({h.at(i)}, {shape}, {i * CHUNK}, {j * CHUNK}, {b}, SEL)" for i in range(h.chunks)]
             w.emit(f"{t.at(j)} = " + " + ".join(reps))
-            w.emit(
-                f"{t.at(j)} = _fz_scale({t.at(j)}, {k}, {h.width}, {nf}, {inc}, {trig}, {t.width}, {t.pad}, {j * CHUNK})"
-            )
+            scale = f"{h.width}, {nf}, {inc}, {trig}, {t.width}, {t.pad}, {j * CHUNK}"
+            w.emit(f"{t.at(j)} = _fz_scale({t.at(j)}, {k}, {scale})")
     else:
         raise AssertionError(f"op {op!r} belongs to a layer or a unit")
