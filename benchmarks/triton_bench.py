@@ -5,7 +5,9 @@ float32, IEEE GEMMs everywhere: TF32 off in torch and in the Triton kernels):
 - ``integral_fwd``: Φ(x) under ``no_grad``;
 - ``grad_fwd``: ∂Φ/∂t (or ∂²Φ/∂t∂s) under ``no_grad``;
 - ``train_step``: forward of the grad network, MSE loss, ``backward()`` (parameter gradients).
-Methods: ``triton`` (the generated Triton module), ``torch`` (the generated torch module, eager),
+Methods: ``triton`` (the generated Triton module: under ``no_grad`` each network is ONE whole-network
+kernel; training runs the per-layer kernels), ``triton_layers`` (the same module with ``FUSE_NETWORK =
+False``: the per-layer kernels for inference too), ``torch`` (the generated torch module, eager),
 ``torch_compile`` (the same under ``torch.compile``), ``double_backward`` (``autograd.grad(create_graph=True)``
 of the torch integral network). Times are CUDA-event medians; ``peak_mib`` is the peak of
 ``torch.cuda.max_memory_allocated`` during the call over the memory held before it.
@@ -237,7 +239,8 @@ def _time(fn, warmup=2, iters=7):
 
 
 def check(folder: Path, entry: dict, tol=2e-4) -> dict:
-    """Triton vs torch backend on CUDA: both networks and the parameter gradients of a grad loss."""
+    """Triton vs torch backend on CUDA: both networks (whole-network kernels, then per-layer kernels) and
+    the parameter gradients of a grad loss; the first whole-network calls' time (compile + autotune)."""
     import torch
 
     tm, xm = _load(folder / f"{entry['name']}_torch.py"), _load(folder / f"{entry['name']}_triton.py")
@@ -251,20 +254,32 @@ def check(folder: Path, entry: dict, tol=2e-4) -> dict:
     def rel(a, b):
         return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
 
-    out = {"name": entry["name"]}
+    out = {
+        "name": entry["name"],
+        "fused": "def _grad_fused_kernel(" in (folder / f"{entry['name']}_triton.py").read_text(),
+    }
     with torch.no_grad():
+        t0 = time.time()
         out["integral"] = rel(net(x), ref(x))
         out["grad"] = rel(gnet(x), gref(x))
+        torch.cuda.synchronize()
+        out["first_fused_calls_s"] = round(time.time() - t0, 2)
+        xm.FUSE_NETWORK = False
+        out["integral_layers"] = rel(net(x), ref(x))
+        out["grad_layers"] = rel(gnet(x), gref(x))
+        xm.FUSE_NETWORK = True
     for g in (gref, gnet):
         (g(x) ** 2).mean().backward()
     out["param_grads"] = max(
         rel(q.grad, p.grad) for p, q in zip(ref.parameters(), net.parameters()) if p.grad is not None
     )
-    out["ok"] = all(out[k] <= tol for k in ("integral", "grad", "param_grads"))
+    out["ok"] = all(out[k] <= tol for k in ("integral", "grad", "integral_layers", "grad_layers", "param_grads"))
     return out
 
 
-def run(folder: Path, out_dir: Path, budget_s: float, compile_widths, batches=BATCHES, widths=WIDTHS) -> None:
+def run(
+    folder: Path, out_dir: Path, budget_s: float, compile_widths, batches=BATCHES, widths=WIDTHS, train_widths=WIDTHS
+) -> None:
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -274,14 +289,21 @@ def run(folder: Path, out_dir: Path, budget_s: float, compile_widths, batches=BA
     manifest = json.loads((folder / "manifest.json").read_text())
     device = torch.cuda.get_device_name()
     meta = {"device": device, "torch": torch.__version__, "triton": __import__("triton").__version__}
-    checks = [check(folder, e) for e in manifest if e["width"] == min(x["width"] for x in manifest)]
+    checks = []
+    for e in manifest:  # every network (the whole-network kernels differ by width: chunks past 128)
+        try:
+            checks.append(check(folder, e))
+        except Exception as exc:  # a failure is a result too: record it and go on
+            checks.append({"name": e["name"], "error": f"{type(exc).__name__}: {exc}"[:2000], "ok": False})
+        print(json.dumps(checks[-1]), flush=True)
     (out_dir / "check.json").write_text(json.dumps({"meta": meta, "checks": checks}, indent=1))
-    print(json.dumps(checks), flush=True)
     csv_path = out_dir / "triton_bench.csv"
     fields = ["width", "vars", "batch", "metric", "method", "ms", "peak_mib"]
     with csv_path.open("w", newline="") as f:
         csv.writer(f).writerow(fields)
-    order = sorted(manifest, key=lambda e: (e["width"] not in compile_widths, e["width"], e["vars"]))
+    order = sorted(
+        manifest, key=lambda e: (e["width"] not in compile_widths, e["width"] != 128, -e["width"], e["vars"])
+    )
     for entry in order:
         if entry["width"] not in widths:
             continue
@@ -292,7 +314,12 @@ def run(folder: Path, out_dir: Path, budget_s: float, compile_widths, batches=BA
         net.load_state_dict(ref.state_dict())
         gref, gnet = tm.GradNet.from_integral(ref), xm.GradNet.from_integral(net)
         dbl = _double_backward(ref, tm.INTEGRATION_COLUMNS)
-        methods = {"triton": (net, gnet), "torch": (ref, gref), "double_backward": (ref, dbl)}
+        methods = {
+            "triton": (net, gnet),
+            "triton_layers": (net, gnet),
+            "torch": (ref, gref),
+            "double_backward": (ref, dbl),
+        }
         if entry["width"] in compile_widths:
             methods["torch_compile"] = (torch.compile(ref, dynamic=True), torch.compile(gref, dynamic=True))
         for batch in batches:
@@ -305,11 +332,13 @@ def run(folder: Path, out_dir: Path, budget_s: float, compile_widths, batches=BA
             for method, (integral, grad) in methods.items():
                 rows = []
 
-                def integral_fwd(integral=integral, x=x):
+                def integral_fwd(integral=integral, x=x, method=method, xm=xm):
+                    xm.FUSE_NETWORK = method != "triton_layers"
                     with torch.no_grad():
                         integral(x)
 
-                def grad_fwd(grad=grad, method=method, x=x):
+                def grad_fwd(grad=grad, method=method, x=x, xm=xm):
+                    xm.FUSE_NETWORK = method != "triton_layers"
                     if method == "double_backward":
                         grad(x)
                     else:
@@ -326,6 +355,8 @@ def run(folder: Path, out_dir: Path, budget_s: float, compile_widths, batches=BA
                 for metric, fn in (("integral_fwd", integral_fwd), ("grad_fwd", grad_fwd), ("train_step", train)):
                     if metric == "integral_fwd" and method == "double_backward":
                         continue
+                    if metric == "train_step" and (method == "triton_layers" or entry["width"] not in train_widths):
+                        continue  # training always runs the per-layer kernels
                     try:
                         ms, peak = _time(fn)
                     except Exception as exc:  # an OOM or a compile failure is a row, not the end of the run
@@ -345,22 +376,29 @@ def _report(csv_path: Path, out_dir: Path, meta: dict) -> None:
     for r in rows:
         key = (int(r["width"]), int(r["vars"]), int(r["batch"]), r["metric"])
         table.setdefault(key, {})[r["method"]] = (float(r["ms"]), float(r["peak_mib"]))
-    methods = ["triton", "torch", "torch_compile", "double_backward"]
+    methods = [m for m in ("triton", "triton_layers", "torch", "torch_compile", "double_backward")
+               if any(m in v for v in table.values())]  # fmt: skip
     lines = [
         f"Device: {meta['device']} (torch {meta['torch']}, triton {meta['triton']}); float32, TF32 off; "
-        "ms = CUDA-event median; peak = MiB above the memory held before the call.",
+        "ms = CUDA-event median; peak = MiB above the memory held before the call. `triton`: whole-network "
+        "kernels for the forwards, per-layer kernels for training; `triton_layers`: per-layer kernels.",
         "",
-        "| width | vars | batch | metric | " + " | ".join(f"{m} ms (MiB)" for m in methods) + " | torch / triton |",
-        "|---:|---:|---:|---|" + "---:|" * len(methods) + "---:|",
+        "| width | vars | batch | metric | "
+        + " | ".join(f"{m} ms (MiB)" for m in methods)
+        + " | torch / triton | layers / triton |",
+        "|---:|---:|---:|---|" + "---:|" * len(methods) + "---:|---:|",
     ]
     for key in sorted(table):
         cells = []
         for m in methods:
             v = table[key].get(m)
             cells.append("" if v is None else f"{v[0]:.3f} ({v[1]:.0f})")
-        t, b = table[key].get("triton"), table[key].get("torch")
-        ratio = f"{b[0] / t[0]:.2f}x" if t and b and t[0] > 0 else ""
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(cells) + f" | {ratio} |")
+        t = table[key].get("triton")
+        ratios = []
+        for other in ("torch", "triton_layers"):
+            b = table[key].get(other)
+            ratios.append(f"{b[0] / t[0]:.2f}x" if t and b and t[0] > 0 else "")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(cells + ratios) + " |")
     (out_dir / "triton_bench.md").write_text("\n".join(lines) + "\n")
 
 
@@ -373,6 +411,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-widths", type=str, default="64,128,256", help="widths measured under torch.compile")
     ap.add_argument("--widths", type=str, default="64,128,256")
     ap.add_argument("--batches", type=str, default="16,18,20", help="log2 of the batch sizes")
+    ap.add_argument("--train-widths", type=str, default="64,128,256", help="widths whose training step is timed")
     ap.add_argument("--cpu-stacking", action="store_true", help="measure stacked chains in the torch backend (CPU)")
     args = ap.parse_args(argv)
     if args.cpu_stacking:
@@ -381,14 +420,15 @@ def main(argv=None) -> int:
     widths = tuple(int(w) for w in args.widths.split(",") if w)
     compile_widths = tuple(int(w) for w in args.compile_widths.split(",") if w)
     batches = tuple(2 ** int(b) for b in args.batches.split(",") if b)
+    train_widths = tuple(int(w) for w in args.train_widths.split(",") if w)
     if args.prepare:
         prepare(args.prepare, widths)
     if args.run:
-        run(args.run, args.out, args.budget, compile_widths, batches, widths)
+        run(args.run, args.out, args.budget, compile_widths, batches, widths, train_widths)
     if not args.prepare and not args.run:
         folder = Path(os.environ.get("TMPDIR", "/tmp")) / "autoint_triton_bench"
         prepare(folder, widths)
-        run(folder, args.out, args.budget, compile_widths, batches, widths)
+        run(folder, args.out, args.budget, compile_widths, batches, widths, train_widths)
     return 0
 
 

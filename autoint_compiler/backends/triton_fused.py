@@ -182,8 +182,9 @@ def fused_kernel(g: IRGraph, plan, kernels, name: str, owner: str, weight_attr, 
     args = []
     for a in w.args:
         args.append(f"{a}, s{a}0, s{a}1" if a[0] in "WC" else a)
-    head = ["@triton.autotune(configs=_FUSED_CONFIGS, key=[])", "@triton.jit"]
-    sig = ["X, sx0, sx1", *args, "Y, M", "PREC: tl.constexpr", "SEL: tl.constexpr", "ACC: tl.constexpr",
+    widest = max(g.nodes[n]["width"] for n in g.order())
+    head = [f"@triton.autotune(configs=_fused_configs({widest}), key=['M_LOG2'])", "@triton.jit"]
+    sig = ["X, sx0, sx1", *args, "Y, M, M_LOG2", "PREC: tl.constexpr", "SEL: tl.constexpr", "ACC: tl.constexpr",
            "BLOCK_M: tl.constexpr"]  # fmt: skip
     one = f"def {name}({', '.join(sig)}):"
     head += [one] if len(one) <= 110 else [f"def {name}(", *[f"    {s}," for s in sig], "):"]
