@@ -47,6 +47,8 @@ def _compare(spec, tol, n=20, seed=0, low=-1.0, high=1.0, integrate=False, train
     not) and through the per-layer kernels, then training through the per-layer kernels."""
     tm, xm, src = _pair(spec, **options)
     fused = _record_fused(xm)
+    assert xm.FUSE_NETWORK is bool(options.get("fuse_network", False))
+    xm.FUSE_NETWORK = True  # inference through the whole-network kernels first
     torch.manual_seed(seed)
     ref = tm.IntegralNet()
     net = xm.IntegralNet()
@@ -61,11 +63,9 @@ def _compare(spec, tol, n=20, seed=0, low=-1.0, high=1.0, integrate=False, train
             k = len(tm.INTEGRATION_COLUMNS)
             lo, hi = -torch.rand(n, k, generator=gen, dtype=tm.DTYPE), torch.rand(n, k, generator=gen, dtype=tm.DTYPE)
             assert_rel_close(net.integrate(lo, hi, x), ref.integrate(lo, hi, x), tol["out"], "integrate")
-        expected = {"_integral_fused_kernel", "_grad_fused_kernel"}
-        if options.get("fuse_network", True):
-            expected = {k for k in expected if f"def {k}(" in src}
-            assert len(expected) + src.count("not fused into one kernel:") == 2, "a network neither fused nor says why"
-        assert set(fused) == (expected if options.get("fuse_network", True) else set()), fused
+        expected = {k for k in ("_integral_fused_kernel", "_grad_fused_kernel") if f"def {k}(" in src}
+        assert len(expected) + src.count("not fused into one kernel:") == 2, "a network neither fused nor says why"
+        assert set(fused) == expected, fused
         xm.FUSE_NETWORK = False  # the per-layer kernels' inference path
         assert_rel_close(net(x), ref(x), tol["out"], "integral network (per-layer kernels)")
         assert_rel_close(gnet(x), gref(x), tol["out"], "grad network (per-layer kernels)")
@@ -299,14 +299,21 @@ WIDE = [
 ]
 
 
-@pytest.mark.parametrize("integrate", [("t",), ("t", "u")])
-def test_wide_values_fuse_in_chunks(integrate):
+@pytest.mark.parametrize("integrate,chunk", [(("t",), 32), (("t", "u"), 128)])
+def test_wide_values_fuse_in_chunks(integrate, chunk):
     spec = ac_graph_spec(WIDE, inputs={"t": 1, "y": 2, "u": 1}, integrate=integrate)
     spec["graph"][0]["in"] = ["t", "y", "u"]
-    _, _, src = _pair(spec)
+    _, _, src = _pair(spec, fused_chunk=chunk)
     assert "_fz_move(" in src and "_fz_repeat(" in src
-    assert any(line.strip().startswith("v") and "_1 = " in line for line in src.splitlines()), "no second chunk"
-    _compare(spec, F64, n=17, integrate=True, train=False)  # (training runs the per-layer kernels: slow here)
+    last = (200 - 1) // chunk  # the posenc value's last chunk
+    assert any(line.strip().startswith("v") and f"_{last} = " in line for line in src.splitlines()), "chunks missing"
+    # (training runs the per-layer kernels, slow here at these widths: tested on small networks)
+    _compare(spec, F64, n=17, integrate=True, train=False, fused_chunk=chunk)
+
+
+def test_fused_chunk_must_be_a_power_of_two():
+    with pytest.raises(CompileError, match="fused_chunk must be a power of two >= 16, got 48"):
+        _pair(_small("box2d.yaml"), fused_chunk=48)
 
 
 def test_too_wide_a_network_keeps_the_per_layer_kernels_and_says_why():

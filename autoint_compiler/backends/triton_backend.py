@@ -544,15 +544,25 @@ def _nonsmooth(g: IRGraph) -> list[str]:
 
 
 def generate(
-    program, *, version: str, stack: bool = True, allow_tf32: bool = False, fuse_network: bool = True, **options
+    program,
+    *,
+    version: str,
+    stack: bool = True,
+    allow_tf32: bool = False,
+    fuse_network: bool = False,
+    fused_chunk: int = triton_fused.CHUNK,
+    **options,
 ) -> str:
     """The module source for a ``Program`` (deterministic: same program and options, same text).
 
     ``stack`` (default) runs the chains of a layer as one GEMM with the unit in its epilogue; ``False``
     gives one GEMM per ``linear`` node and one kernel per unit. ``allow_tf32`` lets float32 GEMMs use
-    TF32 tensor cores on the GPU (about 1e-3 relative error; default: IEEE float32). ``fuse_network``
-    (default) adds one whole-network kernel per network (``triton_fused``) that runs when autograd is
-    not recording; training always uses the per-layer kernels."""
+    TF32 tensor cores on the GPU (about 1e-3 relative error; default: IEEE float32). The module always
+    holds one whole-network kernel per network (``triton_fused``, ``fused_chunk`` columns per register
+    tile); ``fuse_network`` sets its ``FUSE_NETWORK`` switch, under which inference (autograd not
+    recording) runs them. Off by default: the first GPU measurement (128-wide tiles) was 12-22x slower
+    than the per-layer kernels (``benchmarks/results/triton/README.md``). Training always runs the
+    per-layer kernels."""
     unknown = sorted(set(options) - {"fuse"})
     if unknown:
         raise CompileError(f"triton backend: unknown option(s) {', '.join(unknown)}")
@@ -560,22 +570,20 @@ def generate(
     kernels = Kernels()
     integral = emit_graph(integral_ir, "i", "self", kernels, stack)
     grad = emit_graph(grad_ir, "g", "m", kernels, stack)
-    fused = {}
-    for key, ir_, em, owner in (("integral", integral_ir, integral, "self"), ("grad", grad_ir, grad, "m")):
-        name = f"_{key}_fused_kernel"
-        if not fuse_network:
-            fused[key] = triton_fused.FusedKernel(name, [], [], "fuse_network=False")
-            continue
-        fused[key] = triton_fused.fused_kernel(
+    fused = {
+        key: triton_fused.fused_kernel(
             ir_,
             em.plan,
             kernels,
-            name,
+            f"_{key}_fused_kernel",
             owner,
             weight_attr=lambda p, owner=owner: f"{owner}.{param_attribute(p, 'weight')}",
             bias_attr=lambda p, owner=owner: f"{owner}.{param_attribute(p, 'bias')}",
             buffers=em.buffer_of,
+            chunk=fused_chunk,
         )
+        for key, ir_, em, owner in (("integral", integral_ir, integral, "self"), ("grad", grad_ir, grad, "m"))
+    }
     params = [
         dict(
             weight=param_attribute(name, "weight"),

@@ -5,16 +5,18 @@ The kernel follows the per-layer backend's schedule (``triton_backend.plan_graph
 (primal and tangents on one weight) load each weight tile ONCE per block and run one ``tl.dot`` per
 chain, the bias and the layer's elementwise unit (σ(z) and the tangent products, the same sympy
 expressions and Triton printer table as the per-layer kernels) follow in registers, and only the
-network's output is written to memory. Inference only: the module calls it when autograd is not
-recording (``torch.no_grad()``, ``inference_mode`` or parameters that do not require grad); training
-keeps the per-layer kernels, whose forward saves what their generated backward needs.
+network's output is written to memory. Inference only: with the module's ``FUSE_NETWORK`` on, it runs
+when autograd is not recording (``torch.no_grad()``, ``inference_mode`` or parameters that do not
+require grad); training keeps the per-layer kernels, whose forward saves what their backward needs.
 
-Values are register tiles ``[BLOCK_M, P]`` (rows ``[1, P]`` for unbatched values) with ``P`` the width
-padded to a power of two (at least 16, the smallest ``tl.dot``); padding columns always hold zero,
-so they add nothing to the next GEMM. Data movement (slices, concat, expand, positional encoding,
-frequency scaling) is an exact 0/1 selection GEMM (IEEE products by 1 and 0) or a row reduction.
-A graph whose padded widths exceed ``MAX_WIDTH`` (a weight tile of ``MAX_WIDTH²`` must fit in shared
-memory) is not fused: ``plan_fused`` says why and the module keeps the per-layer kernels.
+Values are register tiles ``[BLOCK_M, P]`` (rows ``[1, P]`` for unbatched values), a value wider than
+``chunk`` columns being several tiles, with ``P`` the chunk's width padded to a power of two (at least
+16, the smallest ``tl.dot``); padding columns always hold zero, so they add nothing to the next GEMM.
+A layer multiplies chunk by chunk: ``chunk x chunk`` weight blocks, each loaded once for all chains.
+Data movement (slices, concat, expand, positional encoding, frequency scaling) is an exact 0/1
+selection GEMM (IEEE products by 1 and 0) or a row reduction.
+A graph with a value wider than ``MAX_WIDTH`` is not fused: ``plan_fused`` says why (a comment in
+the generated ``forward``) and the module keeps the per-layer kernels.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .. import fusion
+from ..errors import CompileError
 from ..ir import IRGraph
 from . import sympy_print, triton_print
 from .sympy_print import split_long
 
-#: columns per register tile; a wider value is held as several tiles (chunks) of this many columns
-CHUNK = 128
+#: columns per register tile by default; a wider value is held as several tiles (chunks), and a layer
+#: multiplies chunk by chunk, so one weight block is CHUNK x CHUNK (a power of two, at least 16)
+CHUNK = 32
 #: the widest value a fused kernel holds (beyond it, registers spill and the per-layer kernels win)
 MAX_WIDTH = 256
 
@@ -61,17 +65,18 @@ class _Tile:
     var: str
     width: int
     batched: bool
+    chunk: int
 
     @property
     def pad(self) -> int:
-        return _pad(min(self.width, CHUNK))
+        return _pad(min(self.width, self.chunk))
 
     @property
     def chunks(self) -> int:
-        return -(-self.width // CHUNK)
+        return -(-self.width // self.chunk)
 
     def valid(self, j: int) -> int:
-        return min(CHUNK, self.width - j * CHUNK)
+        return min(self.chunk, self.width - j * self.chunk)
 
     def at(self, j: int) -> str:
         return self.var if self.chunks == 1 else f"{self.var}_{j}"
@@ -84,6 +89,7 @@ class _Tile:
 @dataclass
 class _Writer:
     g: IRGraph
+    chunk: int
     owner: str  # "self" or "m": whose attributes hold the parameters
     buffers: dict[int, str]  # node id -> module attribute of its constant row / frequency buffer
     lines: list[str] = field(default_factory=list)
@@ -119,7 +125,7 @@ class _Writer:
 
     def put(self, nid: int) -> _Tile:
         d = self.g.nodes[nid]
-        t = _Tile(f"v{nid}", d["width"], bool(d["batched"]))
+        t = _Tile(f"v{nid}", d["width"], bool(d["batched"]), self.chunk)
         self.tiles[nid] = t
         return t
 
@@ -135,7 +141,7 @@ class _Writer:
         """Each chunk of ``t`` from ``ptr + row + (col0 + column) * stride`` (padding masked to zero)."""
         for j in range(t.chunks):
             c = self.col(t.pad)
-            base = f"{col0} + {j * CHUNK}" if j else col0
+            base = f"{col0} + {j * t.chunk}" if j else col0
             m = f"{mask} & ({c} < {t.valid(j)})" if mask else f"{c} < {t.valid(j)}"
             self.emit(f"{t.at(j)} = tl.load({ptr}{row} + ({base} + {c}) * {stride}, mask={m}, other=0.0).to(ACC)")
 
@@ -148,14 +154,19 @@ def plan_fused(g: IRGraph) -> str:
     return ""
 
 
-def fused_kernel(g: IRGraph, plan, kernels, name: str, owner: str, weight_attr, bias_attr, buffers) -> FusedKernel:
+def fused_kernel(
+    g: IRGraph, plan, kernels, name: str, owner: str, weight_attr, bias_attr, buffers, chunk: int = CHUNK
+) -> FusedKernel:
     """The kernel text of graph ``g`` scheduled by ``plan`` (a ``GraphPlan``); ``kernels`` gives each
     layer's and unit's expressions (``triton_backend.Kernels``), ``weight_attr(param)`` and
-    ``bias_attr(param)`` the module attributes, ``buffers`` node id -> buffer attribute."""
+    ``bias_attr(param)`` the module attributes, ``buffers`` node id -> buffer attribute; ``chunk``
+    columns per register tile."""
+    if chunk < 16 or chunk & (chunk - 1):
+        raise CompileError(f"triton backend: fused_chunk must be a power of two >= 16, got {chunk}")
     reason = plan_fused(g)
     if reason:
         return FusedKernel(name, [], [], reason)
-    w = _Writer(g, owner, buffers)
+    w = _Writer(g, chunk, owner, buffers)
     params: dict[str, int] = {}
 
     def weight(param: str) -> str:
@@ -175,7 +186,7 @@ def fused_kernel(g: IRGraph, plan, kernels, name: str, owner: str, weight_attr, 
     for j in range(t.chunks):
         c = w.col(t.pad)
         out = t.at(j) if t.batched else f"({t.at(j)} + tl.zeros((BLOCK_M, {t.pad}), dtype=ACC))"
-        col = f"{j * CHUNK} + {c}" if j else c
+        col = f"{j * t.chunk} + {c}" if j else c
         w.emit(
             f"tl.store(Y + rm * {t.width} + {col}, {out}.to(Y.dtype.element_ty), mask=(rm < M) & ({c} < {t.valid(j)}))"
         )
@@ -202,7 +213,8 @@ def _layer(w: _Writer, layer, kernels, weight, bias_attr, params) -> None:
     wk, p = weight(a["param"]), params[a["param"]]
     hs = [w.tile(g.inputs_of(m)[0]) for m in layer.members]
     zs = [w.put(m) for m in layer.members]
-    ink = _Tile("", stop - start, True)
+    ink = _Tile("", stop - start, True, w.chunk)
+    C = w.chunk
     w.emit(f"# {a['param']}: {len(layer.members)} chain(s), weight columns {start}:{stop}")
     bias = [bool(g.attrs(m)["bias"]) for m in layer.members]
     for j in range(zs[0].chunks):  # output chunks
@@ -211,8 +223,8 @@ def _layer(w: _Writer, layer, kernels, weight, bias_attr, params) -> None:
             ck = f"k{ink.pad}"
             w.ks.add(ink.pad)
             wt = f"w{p}_{start}" + (f"_{i}_{j}" if ink.chunks > 1 or zs[0].chunks > 1 else "")
-            n0 = f"{j * CHUNK} + {cn}" if j else cn
-            k0 = start + i * CHUNK
+            n0 = f"{j * C} + {cn}" if j else cn
+            k0 = start + i * C
             w.emit(
                 f"{wt} = tl.load({wk} + ({n0}) * s{wk}0 + ({k0} + {ck}) * s{wk}1, "
                 f"mask=({cn} < {rows}) & ({ck} < {ink.valid(i)}), other=0.0)"
@@ -226,7 +238,7 @@ def _layer(w: _Writer, layer, kernels, weight, bias_attr, params) -> None:
                     w.emit(f"{z.at(j)} {op} tl.sum({h.at(i)}[:, :, None] * {wt}.to(ACC)[None, :, :], axis=1)")
         if any(bias):
             bk = w.arg(f"B{p}", bias_attr(a["param"]))
-            b0 = f"{j * CHUNK} + {cn}" if j else cn
+            b0 = f"{j * C} + {cn}" if j else cn
             w.emit(f"b{p}_{j} = tl.load({bk} + {b0}, mask={cn} < {rows}, other=0.0).to(ACC)")
             for z, has in zip(zs, bias):
                 if has:
@@ -266,11 +278,11 @@ def _unit(w: _Writer, region: fusion.Region, outputs: list[sp.Expr]) -> None:
 def _moves(src: _Tile, dst: _Tile, start: int, offset: int, count: int) -> list[tuple[int, int]]:
     """(source chunk, destination chunk) pairs that a move of ``count`` columns from ``start`` to
     ``offset`` connects."""
-    pairs = []
+    pairs, C = [], src.chunk
     for i in range(src.chunks):
-        lo, hi = max(start, i * CHUNK), min(start + count, i * CHUNK + src.valid(i))
+        lo, hi = max(start, i * C), min(start + count, i * C + src.valid(i))
         for j in range(dst.chunks):
-            if lo < hi and max(lo - start + offset, j * CHUNK) < min(hi - start + offset, j * CHUNK + dst.valid(j)):
+            if lo < hi and max(lo - start + offset, j * C) < min(hi - start + offset, j * C + dst.valid(j)):
                 pairs.append((i, j))
     return pairs
 
@@ -280,10 +292,8 @@ def _move(w: _Writer, src: _Tile, dst: _Tile, start: int, offset: int, count: in
     terms: dict[int, list[str]] = {}
     b = "1" if src.batched else "0"
     for i, j in _moves(src, dst, start, offset, count):
-        terms.setdefault(j, []).append(
-            f"_fz_move({src.at(i)}, {start}, {offset}, {count}, {src.pad}, {dst.pad}, {i * CHUNK}, {j * CHUNK}, "
-            f"{b}, SEL)"
-        )
+        where = f"{src.pad}, {dst.pad}, {i * src.chunk}, {j * dst.chunk}"
+        terms.setdefault(j, []).append(f"_fz_move({src.at(i)}, {start}, {offset}, {count}, {where}, {b}, SEL)")
     return terms
 
 
@@ -338,9 +348,9 @@ def _node(w: _Writer, nid: int, weight) -> None:
         w.emit(f"# {'positional encoding' if trig else 'frequency scaling'}: {nf} frequencies")
         for j in range(t.chunks):
             shape = f"{h.width}, {inc}, {t.width}, {h.pad}, {t.pad}"
-            reps = [f"_fz_repeat({h.at(i)}, {shape}, {i * CHUNK}, {j * CHUNK}, {b}, SEL)" for i in range(h.chunks)]
+            reps = [f"_fz_repeat({h.at(i)}, {shape}, {i * w.chunk}, {j * w.chunk}, {b}, SEL)" for i in range(h.chunks)]
             w.emit(f"{t.at(j)} = " + " + ".join(reps))
-            scale = f"{h.width}, {nf}, {inc}, {trig}, {t.width}, {t.pad}, {j * CHUNK}"
+            scale = f"{h.width}, {nf}, {inc}, {trig}, {t.width}, {t.pad}, {j * w.chunk}"
             w.emit(f"{t.at(j)} = _fz_scale({t.at(j)}, {k}, {scale})")
     else:
         raise AssertionError(f"op {op!r} belongs to a layer or a unit")
