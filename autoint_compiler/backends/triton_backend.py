@@ -551,6 +551,7 @@ def generate(
     allow_tf32: bool = False,
     fuse_network: bool = False,
     fused_chunk: int = triton_fused.CHUNK,
+    fused_precision: str = "tf32x3",
     **options,
 ) -> str:
     """The module source for a ``Program`` (deterministic: same program and options, same text).
@@ -563,6 +564,8 @@ def generate(
     recording) runs them. Off by default: the first GPU measurement (128-wide tiles) was 12-22x slower
     than the per-layer kernels (``benchmarks/results/triton/README.md``). Training always runs the
     per-layer kernels."""
+    if fused_precision not in ("tf32x3", "tf32", "ieee"):
+        raise CompileError(f"triton backend: fused_precision must be tf32x3, tf32 or ieee, got {fused_precision!r}")
     unknown = sorted(set(options) - {"fuse"})
     if unknown:
         raise CompileError(f"triton backend: unknown option(s) {', '.join(unknown)}")
@@ -622,6 +625,7 @@ def generate(
         allow_tf32=allow_tf32,
         stack=stack,
         fuse_network=fuse_network,
+        fused_precision=fused_precision,
         fused=fused,
         fused_calls={k: _fused_call(f) for k, f in fused.items()},
         fuse_helpers=any(f.lines for f in fused.values()),

@@ -32,8 +32,10 @@ from . import sympy_print, triton_print
 from .sympy_print import split_long
 
 #: columns per register tile by default; a wider value is held as several tiles (chunks), and a layer
-#: multiplies chunk by chunk, so one weight block is CHUNK x CHUNK (a power of two, at least 16)
-CHUNK = 32
+#: multiplies chunk by chunk, so one weight block is CHUNK x CHUNK (a power of two, at least 16).
+#: 64: a 128-wide tf32x3 grad network spills about as little as with 128 (benchmarks/triton_ptxas.py)
+#: in a quarter of the shared memory (32 KiB instead of 128 KiB)
+CHUNK = 64
 #: the widest value a fused kernel holds (beyond it, registers spill and the per-layer kernels win)
 MAX_WIDTH = 256
 
@@ -195,7 +197,7 @@ def fused_kernel(
         args.append(f"{a}, s{a}0, s{a}1" if a[0] in "WC" else a)
     widest = max(g.nodes[n]["width"] for n in g.order())
     head = [f"@triton.autotune(configs=_fused_configs({widest}), key=['M_LOG2'])", "@triton.jit"]
-    sig = ["X, sx0, sx1", *args, "Y, M, M_LOG2", "PREC: tl.constexpr", "SEL: tl.constexpr", "ACC: tl.constexpr",
+    sig = ["X, sx0, sx1", *args, "Y, M, M_LOG2", "PREC: tl.constexpr", "ACC: tl.constexpr",
            "BLOCK_M: tl.constexpr"]  # fmt: skip
     one = f"def {name}({', '.join(sig)}):"
     head += [one] if len(one) <= 110 else [f"def {name}(", *[f"    {s}," for s in sig], "):"]
@@ -290,10 +292,9 @@ def _moves(src: _Tile, dst: _Tile, start: int, offset: int, count: int) -> list[
 def _move(w: _Writer, src: _Tile, dst: _Tile, start: int, offset: int, count: int) -> dict[int, list[str]]:
     """Per destination chunk, the ``_fz_move`` terms placing ``count`` columns of ``src``."""
     terms: dict[int, list[str]] = {}
-    b = "1" if src.batched else "0"
     for i, j in _moves(src, dst, start, offset, count):
         where = f"{src.pad}, {dst.pad}, {i * src.chunk}, {j * dst.chunk}"
-        terms.setdefault(j, []).append(f"_fz_move({src.at(i)}, {start}, {offset}, {count}, {where}, {b}, SEL)")
+        terms.setdefault(j, []).append(f"_fz_move({src.at(i)}, {start}, {offset}, {count}, {where})")
     return terms
 
 
@@ -344,11 +345,10 @@ def _node(w: _Writer, nid: int, weight) -> None:
         nf = len(a["freqs"])
         inc = int(bool(a.get("include_input", False))) if op == "posenc" else 0
         trig = 1 if op == "posenc" else 0
-        b = "1" if h.batched else "0"
         w.emit(f"# {'positional encoding' if trig else 'frequency scaling'}: {nf} frequencies")
         for j in range(t.chunks):
             shape = f"{h.width}, {inc}, {t.width}, {h.pad}, {t.pad}"
-            reps = [f"_fz_repeat({h.at(i)}, {shape}, {i * w.chunk}, {j * w.chunk}, {b}, SEL)" for i in range(h.chunks)]
+            reps = [f"_fz_repeat({h.at(i)}, {shape}, {i * w.chunk}, {j * w.chunk})" for i in range(h.chunks)]
             w.emit(f"{t.at(j)} = " + " + ".join(reps))
             scale = f"{h.width}, {nf}, {inc}, {trig}, {t.width}, {t.pad}, {j * w.chunk}"
             w.emit(f"{t.at(j)} = _fz_scale({t.at(j)}, {k}, {scale})")
