@@ -27,7 +27,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from autoint_compiler import primitives as P  # noqa: E402
 from autoint_compiler.backends import get_backend, triton_print  # noqa: E402
-from autoint_compiler.backends.triton_backend import generate, plan_graph  # noqa: E402
+from autoint_compiler.backends.triton_backend import LOWERINGS, generate, plan_graph  # noqa: E402
 from autoint_compiler.compiler import compile_source, load_module  # noqa: E402
 from autoint_compiler.errors import CompileError  # noqa: E402
 
@@ -282,15 +282,15 @@ def test_chains_share_one_gemm():
 # Whole-network kernels: wide values in 128-column chunks, the width limit, one weight load per layer
 # ---------------------------------------------------------------------------------------------------
 
-#: values 150-200 wide: two register chunks, with a positional encoding, a slice and a concat that
-#: cross the chunk boundary at column 128, a sum over both chunks and a width-1 column broadcast
+#: values up to 100 wide in 32- or 64-column chunks: a positional encoding, a slice and a concat that
+#: cross chunk boundaries, a sum over every chunk and a width-1 column broadcast
 WIDE = [
-    {"name": "h0", "op": "linear", "in": ["t", "y"], "out": 40},
+    {"name": "h0", "op": "linear", "in": ["t", "y"], "out": 20},
     {"name": "a0", "op": "tanh", "in": ["h0"]},
     {"name": "e", "op": "posenc", "in": ["a0"], "frequencies": 2, "include_input": True},
-    {"name": "h", "op": "linear", "in": ["e", "t"], "out": 150},
+    {"name": "h", "op": "linear", "in": ["e", "t"], "out": 70},
     {"name": "a", "op": "sin", "in": ["h"]},
-    {"name": "sl", "op": "slice", "in": ["a"], "start": 100, "stop": 140},
+    {"name": "sl", "op": "slice", "in": ["a"], "start": 20, "stop": 50},
     {"name": "sm", "op": "sum", "in": ["a"]},
     {"name": "b", "op": "mul", "in": ["sm", "a"]},
     {"name": "h2", "op": "linear", "in": ["sl", "b"], "out": 20},
@@ -299,21 +299,37 @@ WIDE = [
 ]
 
 
-@pytest.mark.parametrize("integrate,chunk", [(("t",), 32), (("t", "u"), 128)])
+@pytest.mark.parametrize("integrate,chunk", [(("t",), 32), (("t", "u"), 64)])
 def test_wide_values_fuse_in_chunks(integrate, chunk):
     spec = ac_graph_spec(WIDE, inputs={"t": 1, "y": 2, "u": 1}, integrate=integrate)
     spec["graph"][0]["in"] = ["t", "y", "u"]
     _, _, src = _pair(spec, fused_chunk=chunk)
     assert "_fz_move(" in src and "_fz_repeat(" in src
-    last = (200 - 1) // chunk  # the posenc value's last chunk
+    last = (100 - 1) // chunk  # the posenc value's last chunk
     assert any(line.strip().startswith("v") and f"_{last} = " in line for line in src.splitlines()), "chunks missing"
-    # (training runs the per-layer kernels, slow here at these widths: tested on small networks)
-    _compare(spec, F64, n=17, integrate=True, train=False, fused_chunk=chunk)
+    _compare(spec, F64, n=17, integrate=True, train=chunk == 64, fused_chunk=chunk)
 
 
-def test_fused_chunk_must_be_a_power_of_two():
+def test_an_op_without_a_whole_network_lowering_keeps_the_per_layer_kernels(monkeypatch):
+    from autoint_compiler.backends import triton_fused
+
+    monkeypatch.delitem(triton_fused.LOWERINGS, "posenc")
+    cs = compile_source(_small("field3d.yaml"))
+    src = generate(cs.program, version="test")
+    assert src.count("# not fused into one kernel: no whole-network lowering for op(s) posenc") == 2
+
+
+def test_whole_network_lowerings_cover_every_triton_op():
+    from autoint_compiler.backends import triton_fused
+
+    assert set(triton_fused.LOWERINGS) == set(LOWERINGS)
+
+
+def test_fused_options_are_checked():
     with pytest.raises(CompileError, match="fused_chunk must be a power of two >= 16, got 48"):
         _pair(_small("box2d.yaml"), fused_chunk=48)
+    with pytest.raises(CompileError, match="fused_precision must be tf32x3, tf32 or ieee, got 'fp8'"):
+        _pair(_small("box2d.yaml"), fused_precision="fp8")
 
 
 def test_too_wide_a_network_keeps_the_per_layer_kernels_and_says_why():

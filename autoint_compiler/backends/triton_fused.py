@@ -36,8 +36,31 @@ from .sympy_print import split_long
 #: 64: a 128-wide tf32x3 grad network spills about as little as with 128 (benchmarks/triton_ptxas.py)
 #: in a quarter of the shared memory (32 KiB instead of 128 KiB)
 CHUNK = 64
-#: the widest value a fused kernel holds (beyond it, registers spill and the per-layer kernels win)
-MAX_WIDTH = 256
+#: the widest value a fused kernel holds. 256 compiles (ptxas, sm_90, tf32x3) in 24 s for a one-chain
+#: network and in more than 10 minutes for a two-variable grad network, spilling 7 KB+ per thread: wider
+#: networks keep the per-layer kernels
+MAX_WIDTH = 128
+
+
+#: op -> how a whole-network kernel computes it (an op without a row: the graph keeps the per-layer kernels)
+LOWERINGS: dict[str, str] = {
+    "input": "masked load of x's columns, at first use",
+    "constant": "masked load of its buffer row",
+    "wcol": "masked load of a weight column as a row",
+    "linear": "tl.dot per chunk pair, weight block loaded once for all chains; bias added",
+    "pointwise": "the unit's printed sympy expressions, per chunk",
+    "add": "the unit's printed sympy expressions, per chunk",
+    "sub": "the unit's printed sympy expressions, per chunk",
+    "mul": "the unit's printed sympy expressions, per chunk",
+    "neg": "the unit's printed sympy expressions, per chunk",
+    "scale": "the unit's printed sympy expressions, per chunk",
+    "slice": "exact column moves (_fz_move)",
+    "concat": "exact column moves (_fz_move), or one load of adjacent input columns",
+    "expand": "row sum broadcast",
+    "sum": "row sum into column 0",
+    "posenc": "exact column repeats (_fz_repeat), then sin/cos of the scaled columns (_fz_scale)",
+    "fscale": "exact column repeats (_fz_repeat), then scaling (_fz_scale)",
+}
 
 
 def _pad(width: int) -> int:
@@ -150,6 +173,9 @@ class _Writer:
 
 def plan_fused(g: IRGraph) -> str:
     """Why ``g`` cannot be one fused kernel ("" when it can)."""
+    missing = sorted({g.op(n) for n in g.order()} - set(LOWERINGS))
+    if missing:
+        return f"no whole-network lowering for op(s) {', '.join(missing)}"
     widest = max((g.nodes[n]["width"] for n in g.order()), default=1)
     if widest > MAX_WIDTH:
         return f"a value {widest} wide exceeds MAX_WIDTH = {MAX_WIDTH} (registers)"
