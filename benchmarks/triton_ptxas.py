@@ -71,7 +71,9 @@ def compile_report(fn, consts: dict, warps: int, stages: int = 1, arch: int = 90
     }
 
 
-def run(widths, n_vars, chunks, rows, warps, precisions, out_dir: Path | None, layers: bool = True) -> list[dict]:
+def run(
+    widths, n_vars, chunks, rows, warps, precisions, out_dir: Path | None, layers: bool = True, append: bool = False
+) -> list[dict]:
     import triton.language as tl
 
     from autoint_compiler.backends.triton_backend import generate
@@ -80,10 +82,15 @@ def run(widths, n_vars, chunks, rows, warps, precisions, out_dir: Path | None, l
     from .triton_bench import spec_for
 
     results = []
+    if append and out_dir is not None and (out_dir / "ptxas.csv").exists():
+        with (out_dir / "ptxas.csv").open() as f:
+            results = list(csv.DictReader(f))
 
     def emit(row):
         results.append(row)
         print(", ".join(f"{k}={row[k]}" for k in FIELDS), flush=True)
+        if out_dir is not None:  # after every kernel: a long compile cut short keeps what came before
+            _write(results, out_dir)
 
     for width, v in itertools.product(widths, n_vars):
         cs = compile_source(spec_for(width, v))
@@ -106,24 +113,26 @@ def run(widths, n_vars, chunks, rows, warps, precisions, out_dir: Path | None, l
                 rep = compile_report(mod._grad_fused_kernel.fn, {"PREC": prec, "ACC": tl.float32, "BLOCK_M": bm}, w)
                 emit(dict(width=width, vars=v, kernel="_grad_fused_kernel", precision=prec, chunk=chunk, block_m=bm,
                           warps=w, **rep))  # fmt: skip
-    if out_dir is not None:
-        import triton
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with (out_dir / "ptxas.csv").open("w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=FIELDS)
-            wr.writeheader()
-            wr.writerows(results)
-        lines = [
-            f"ptxas report for sm_90 (triton {triton.__version__}), compiled on a CPU-only machine: registers per "
-            "thread, bytes spilled per thread, shared memory per block, compile seconds (this machine).",
-            "",
-            "| " + " | ".join(FIELDS) + " |",
-            "|" + "---|" * len(FIELDS),
-        ]
-        lines += ["| " + " | ".join(str(r[k]) for k in FIELDS) + " |" for r in results]
-        (out_dir / "ptxas.md").write_text("\n".join(lines) + "\n")
     return results
+
+
+def _write(results: list[dict], out_dir: Path) -> None:
+    import triton
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "ptxas.csv").open("w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=FIELDS)
+        wr.writeheader()
+        wr.writerows(results)
+    lines = [
+        f"ptxas report for sm_90 (triton {triton.__version__}), compiled on a CPU-only machine: registers per "
+        "thread, bytes spilled per thread, shared memory per block, compile seconds (this machine).",
+        "",
+        "| " + " | ".join(FIELDS) + " |",
+        "|" + "---|" * len(FIELDS),
+    ]
+    lines += ["| " + " | ".join(str(r[k]) for k in FIELDS) + " |" for r in results]
+    (out_dir / "ptxas.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
@@ -137,8 +146,10 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", type=lambda s: tuple(s.split(",")), default=("ieee", "tf32x3"))
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer GEMM kernels")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/triton"))
+    ap.add_argument("--append", action="store_true", help="add to the rows already in OUT/ptxas.csv")
     args = ap.parse_args(argv)
-    run(args.widths, args.vars, args.chunks, args.rows, args.warps, args.precisions, args.out, not args.no_layers)
+    run(args.widths, args.vars, args.chunks, args.rows, args.warps, args.precisions, args.out, not args.no_layers,
+        args.append)  # fmt: skip
     return 0
 
 

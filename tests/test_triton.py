@@ -249,10 +249,15 @@ def test_float16_storage_with_float32_accumulation():
     ref.load_state_dict({k: v.float() for k, v in net.state_dict().items()})
     x = (torch.rand(18, tm.IN_FEATURES) * 2 - 1).half()
     g, gref = xm.GradNet.from_integral(net), tm.GradNet.from_integral(ref)
+    fused = _record_fused(xm)
     with torch.no_grad():
-        assert net(x).dtype == torch.float16
-        assert ac_max_rel_err(net(x).float(), ref(x.float())) < 3e-3
-        assert ac_max_rel_err(g(x).float(), gref(x.float())) < 3e-3
+        for whole in (False, True):  # per-layer kernels, then the whole-network kernels (float32 in registers)
+            xm.FUSE_NETWORK = whole
+            assert net(x).dtype == torch.float16 and g(x).dtype == torch.float16
+            assert ac_max_rel_err(net(x).float(), ref(x.float())) < 3e-3
+            assert ac_max_rel_err(g(x).float(), gref(x.float())) < 3e-3
+    xm.FUSE_NETWORK = False
+    assert len(fused) == 4, fused  # two calls of each network, fused
     (g(x).float() ** 2).sum().backward()
     (gref(x.float()) ** 2).sum().backward()
     for (name, p), q in zip(ref.named_parameters(), net.parameters()):
