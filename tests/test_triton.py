@@ -294,7 +294,7 @@ WIDE = [
     {"name": "a0", "op": "tanh", "in": ["h0"]},
     {"name": "e", "op": "posenc", "in": ["a0"], "frequencies": 2, "include_input": True},
     {"name": "h", "op": "linear", "in": ["e", "t"], "out": 70},
-    {"name": "a", "op": "sin", "in": ["h"]},
+    {"name": "a", "op": "cos", "in": ["h"]},  # cos(0) = 1: the padding must be masked before the sum
     {"name": "sl", "op": "slice", "in": ["a"], "start": 20, "stop": 50},
     {"name": "sm", "op": "sum", "in": ["a"]},
     {"name": "b", "op": "mul", "in": ["sm", "a"]},
@@ -335,6 +335,16 @@ def test_fused_options_are_checked():
         _pair(_small("box2d.yaml"), fused_chunk=48)
     with pytest.raises(CompileError, match="fused_precision must be tf32x3, tf32 or ieee, got 'fp8'"):
         _pair(_small("box2d.yaml"), fused_precision="fp8")
+
+
+def test_padding_masks_are_skipped_only_where_zero_stays_zero():
+    from autoint_compiler.backends.triton_fused import _keeps_zero
+
+    u0, u1, c = sp.symbols("u0 u1 c", real=True)
+    assert _keeps_zero(-u0, [u0]) and _keeps_zero(u0 * u1 - 2 * u0**2, [u0]) and _keeps_zero(u0 * c, [u0])
+    assert not _keeps_zero(u0 + c, [u0])  # a broadcast column: nonzero in the padding
+    assert not _keeps_zero(sp.cos(u0) * u1, [u0, u1]) and not _keeps_zero(u0 * sp.log(c), [u0])  # 0 * inf
+    assert not _keeps_zero(u0 + sp.Rational(1, 2), [u0]) and not _keeps_zero(u0 / u1, [u0, u1])
 
 
 def test_too_wide_a_network_keeps_the_per_layer_kernels_and_says_why():

@@ -288,6 +288,8 @@ def _unit(w: _Writer, region: fusion.Region, outputs: list[sp.Expr]) -> None:
         elif t.width != width:
             raise AssertionError(f"elementwise input %{i} is {t.width} wide, the unit {width}")
     todo = [j for j, e in enumerate(outputs) if not (isinstance(e, sp.Expr) and e.is_number)]
+    padded = [sym for sym, i in zip(region.symbols, region.inputs) if i not in cols]  # zero in padding columns
+    keeps_zero = [_keeps_zero(e, padded) for e in outputs]
     for c in range(tiles[0].chunks):
         names = {sym: cols.get(i) or w.tiles[i].at(c) for sym, i in zip(region.symbols, region.inputs)}
         prefix = f"t{region.nodes[0]}_" + (f"{c}_" if tiles[0].chunks > 1 else "")
@@ -300,7 +302,20 @@ def _unit(w: _Writer, region: fusion.Region, outputs: list[sp.Expr]) -> None:
                 w.emit(f"{t.at(c)} = {code[j]}")
             else:
                 w.emit(f"{t.at(c)} = tl.full(({w.rows(t.batched)}, {t.pad}), {_f(outputs[j])}, ACC)")
-            w.masked(t, c)
+            if not keeps_zero[j]:
+                w.masked(t, c)
+
+
+def _keeps_zero(expr: sp.Expr, padded) -> bool:
+    """True when ``expr`` is 0 wherever its ``padded`` inputs are 0, for any finite other inputs: a
+    polynomial (no function that could make 0 * inf) vanishing at zero. Then its padding stays zero
+    without a mask (negations, products, sums of the tangent chains)."""
+    if not isinstance(expr, sp.Expr) or expr.is_number:
+        return expr == 0
+    if not all(a.is_Symbol or a.is_Number or a.is_Add or a.is_Mul or (a.is_Pow and a.exp.is_Integer and a.exp > 0)
+               for a in sp.preorder_traversal(expr)):  # fmt: skip
+        return False
+    return sp.expand(expr.subs({u: 0 for u in padded})) == 0
 
 
 def _moves(src: _Tile, dst: _Tile, start: int, offset: int, count: int) -> list[tuple[int, int]]:
