@@ -10,6 +10,7 @@ Sizes are tiny: the interpreter runs every kernel program in Python.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
@@ -35,11 +36,15 @@ F64 = dict(out=1e-9, grad=1e-9)
 F32 = dict(out=2e-5, grad=1e-4)
 
 
+_LOADS = itertools.count()
+
+
 def _pair(spec, **options):
-    """(torch module, triton module, triton source) for a spec."""
+    """(torch module, triton module, triton source) for a spec; the Triton module is a fresh one each
+    time (tests switch FUSE_NETWORK and wrap its launcher)."""
     cs = compile_source(spec)
     src = generate(cs.program, version="test", **options)
-    return load_module(cs.name, cs.source), load_module(cs.name + "_triton", src), src
+    return load_module(cs.name, cs.source), load_module(f"{cs.name}_triton{next(_LOADS)}", src), src
 
 
 def _compare(spec, tol, n=20, seed=0, low=-1.0, high=1.0, integrate=False, train=True, **options):
@@ -345,6 +350,34 @@ def test_padding_masks_are_skipped_only_where_zero_stays_zero():
     assert not _keeps_zero(u0 + c, [u0])  # a broadcast column: nonzero in the padding
     assert not _keeps_zero(sp.cos(u0) * u1, [u0, u1]) and not _keeps_zero(u0 * sp.log(c), [u0])  # 0 * inf
     assert not _keeps_zero(u0 + sp.Rational(1, 2), [u0]) and not _keeps_zero(u0 / u1, [u0, u1])
+
+
+def test_a_whole_network_kernel_too_big_for_the_gpu_falls_back_to_the_per_layer_kernels():
+    from triton.runtime.errors import OutOfResources
+
+    tm, xm, _ = _pair(_small("box2d.yaml"))
+    torch.manual_seed(0)
+    ref, net = tm.IntegralNet(), xm.IntegralNet()
+    net.load_state_dict(ref.state_dict())
+    gref, gnet = tm.GradNet.from_integral(ref), xm.GradNet.from_integral(net)
+    tries = []
+
+    class TooBig:  # a kernel whose every launch needs more shared memory than the GPU has
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                tries.append(1)
+                raise OutOfResources(300_000, 232_448, "shared memory")
+
+            return launch
+
+    xm._grad_fused_kernel = TooBig()
+    xm.FUSE_NETWORK = True
+    x = torch.rand(9, tm.IN_FEATURES) * 2 - 1
+    with torch.no_grad(), pytest.warns(UserWarning, match="does not fit this GPU .*the per-layer kernels run"):
+        assert_rel_close(gnet(x), gref(x), F32["out"], "grad network after the fallback")
+    with torch.no_grad():
+        assert_rel_close(gnet(x), gref(x), F32["out"], "grad network, second call")
+    assert len(tries) == 1  # not tried again
 
 
 def test_too_wide_a_network_keeps_the_per_layer_kernels_and_says_why():
