@@ -11,7 +11,7 @@ TRITON_SPEC ?= triton==3.8.0
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup demo test bench lint ct oned render clean
+.PHONY: setup demo test bench bench-triton ptxas lint ct oned render clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,13 @@ lint: setup
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# the Triton backend: GPU timings (needs CUDA) and, on any machine, ptxas's report for sm_90
+bench-triton: setup
+	$(PY) -m benchmarks.triton_bench
+
+ptxas: setup
+	$(PY) -m benchmarks.triton_ptxas
 
 oned: setup
 	$(VENV)/bin/autoint-compile train-1d --signal all --out $(OUT)/oned
