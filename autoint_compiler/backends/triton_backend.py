@@ -21,6 +21,8 @@ Lowering, per IR graph:
 - **Precision.** Kernels accumulate and evaluate in ``ACC`` (float64 for float64 data, else float32);
   float16/bfloat16 parameters and inputs are loaded, upcast, and stored back in their own dtype.
   float32 GEMMs use IEEE float32 (``allow_tf32`` opts into TF32).
+- **Whole-network kernels** (``triton_fused``, opt-in ``FUSE_NETWORK``): the same schedule replayed on
+  register tiles, one kernel per network, for inference.
 - **Data movement in torch** (documented fallback): input columns, ``slice``, ``expand``, weight columns
   (``wcol``) are views; ``concat`` is ``torch.cat``. ``posenc``, ``fscale`` and ``sum`` are Triton kernels.
 
