@@ -238,9 +238,8 @@ def _time(fn, warmup=2, iters=7):
     return times[len(times) // 2], peak
 
 
-def check(folder: Path, entry: dict, tol=2e-4) -> dict:
-    """Triton vs torch backend on CUDA: both networks (whole-network kernels, then per-layer kernels) and
-    the parameter gradients of a grad loss; the first whole-network calls' time (compile + autotune)."""
+def _networks(folder: Path, entry: dict):
+    """(torch module, triton module, torch Φ, triton Φ with the same weights, their grad networks) on CUDA."""
     import torch
 
     tm, xm = _load(folder / f"{entry['name']}_torch.py"), _load(folder / f"{entry['name']}_triton.py")
@@ -248,7 +247,15 @@ def check(folder: Path, entry: dict, tol=2e-4) -> dict:
     ref = tm.IntegralNet(device="cuda")
     net = xm.IntegralNet(device="cuda")
     net.load_state_dict(ref.state_dict())
-    gref, gnet = tm.GradNet.from_integral(ref), xm.GradNet.from_integral(net)
+    return tm, xm, ref, net, tm.GradNet.from_integral(ref), xm.GradNet.from_integral(net)
+
+
+def check(folder: Path, entry: dict, tol=2e-4) -> dict:
+    """Triton vs torch backend on CUDA: both networks (whole-network kernels, then per-layer kernels) and
+    the parameter gradients of a grad loss; the first whole-network calls' time (compile + autotune)."""
+    import torch
+
+    tm, xm, ref, net, gref, gnet = _networks(folder, entry)
     x = torch.rand(4099, tm.IN_FEATURES, device="cuda") * 2 - 1
 
     def rel(a, b):
@@ -307,12 +314,7 @@ def run(
     for entry in order:
         if entry["width"] not in widths:
             continue
-        tm, xm = _load(folder / f"{entry['name']}_torch.py"), _load(folder / f"{entry['name']}_triton.py")
-        torch.manual_seed(0)
-        ref = tm.IntegralNet(device="cuda")
-        net = xm.IntegralNet(device="cuda")
-        net.load_state_dict(ref.state_dict())
-        gref, gnet = tm.GradNet.from_integral(ref), xm.GradNet.from_integral(net)
+        tm, xm, ref, net, gref, gnet = _networks(folder, entry)
         dbl = _double_backward(ref, tm.INTEGRATION_COLUMNS)
         methods = {
             "triton": (net, gnet),
