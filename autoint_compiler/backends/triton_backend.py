@@ -581,7 +581,6 @@ def generate(
             em.plan,
             kernels,
             f"_{key}_fused_kernel",
-            owner,
             weight_attr=lambda p, owner=owner: f"{owner}.{param_attribute(p, 'weight')}",
             bias_attr=lambda p, owner=owner: f"{owner}.{param_attribute(p, 'bias')}",
             buffers=em.buffer_of,

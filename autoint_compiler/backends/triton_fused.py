@@ -13,8 +13,8 @@ Values are register tiles ``[BLOCK_M, P]`` (rows ``[1, P]`` for unbatched values
 ``chunk`` columns being several tiles, with ``P`` the chunk's width padded to a power of two (at least
 16, the smallest ``tl.dot``); padding columns always hold zero, so they add nothing to the next GEMM.
 A layer multiplies chunk by chunk: ``chunk x chunk`` weight blocks, each loaded once for all chains.
-Data movement (slices, concat, expand, positional encoding, frequency scaling) is an exact 0/1
-selection GEMM (IEEE products by 1 and 0) or a row reduction.
+Data movement (slices, concat, expand, positional encoding, frequency scaling) moves columns exactly
+(a masked row reduction and a select per column, no arithmetic on the values) or sums a row.
 A graph with a value wider than ``MAX_WIDTH`` is not fused: ``plan_fused`` says why (a comment in
 the generated ``forward``) and the module keeps the per-layer kernels.
 """
@@ -115,7 +115,6 @@ class _Tile:
 class _Writer:
     g: IRGraph
     chunk: int
-    owner: str  # "self" or "m": whose attributes hold the parameters
     buffers: dict[int, str]  # node id -> module attribute of its constant row / frequency buffer
     lines: list[str] = field(default_factory=list)
     tiles: dict[int, _Tile] = field(default_factory=dict)
@@ -183,7 +182,7 @@ def plan_fused(g: IRGraph) -> str:
 
 
 def fused_kernel(
-    g: IRGraph, plan, kernels, name: str, owner: str, weight_attr, bias_attr, buffers, chunk: int = CHUNK
+    g: IRGraph, plan, kernels, name: str, weight_attr, bias_attr, buffers, chunk: int = CHUNK
 ) -> FusedKernel:
     """The kernel text of graph ``g`` scheduled by ``plan`` (a ``GraphPlan``); ``kernels`` gives each
     layer's and unit's expressions (``triton_backend.Kernels``), ``weight_attr(param)`` and
@@ -194,7 +193,7 @@ def fused_kernel(
     reason = plan_fused(g)
     if reason:
         return FusedKernel(name, [], [], reason)
-    w = _Writer(g, chunk, owner, buffers)
+    w = _Writer(g, chunk, buffers)
     params: dict[str, int] = {}
 
     def weight(param: str) -> str:
