@@ -303,7 +303,8 @@ def run(
         except Exception as exc:  # a failure is a result too: record it and go on
             checks.append({"name": e["name"], "error": f"{type(exc).__name__}: {exc}"[:2000], "ok": False})
         print(json.dumps(checks[-1]), flush=True)
-    (out_dir / "check.json").write_text(json.dumps({"meta": meta, "checks": checks}, indent=1))
+        # after every network: a run cut short by a time limit keeps what it checked
+        (out_dir / "check.json").write_text(json.dumps({"meta": meta, "checks": checks}, indent=1))
     csv_path = out_dir / "triton_bench.csv"
     fields = ["width", "vars", "batch", "metric", "method", "ms", "peak_mib"]
     with csv_path.open("w", newline="") as f:
