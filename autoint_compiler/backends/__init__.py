@@ -27,3 +27,23 @@ def get_backend(name: str):
         if exc.name == BACKENDS[name]:
             raise CompileError(f"backend {name!r} is not available in this version (use 'torch')") from None
         raise
+
+
+def param_rows(params: dict, backend: str = "") -> list[dict]:
+    """What a module template needs to declare and initialise each parameter (sorted by name): the
+    attribute names, shapes, whether it has a bias and the uniform init bounds as float literals."""
+    from ..names import param_attribute
+    from .sympy_print import float_literal
+
+    return [
+        dict(
+            weight=param_attribute(name, "weight"),
+            bias_attr=param_attribute(name, "bias"),
+            out=p.out,
+            inp=p.inp,
+            bias=p.bias,
+            wb=float_literal(p.weight_bound, backend),
+            bb=float_literal(p.bias_bound, backend),
+        )
+        for name, p in sorted(params.items())
+    ]

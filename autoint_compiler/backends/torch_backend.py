@@ -31,7 +31,7 @@ from ..errors import CompileError
 from ..ir import IRGraph
 from ..names import is_identifier, param_attribute
 from ..templating import render
-from . import sympy_print
+from . import param_rows, sympy_print
 
 
 def _f(v: float) -> str:
@@ -500,12 +500,7 @@ def generate(program, *, version: str, fuse: bool = True) -> str:
     integral = emit_graph(program.integral, pool)
     fused = FusedFunctions() if fuse else None
     grad = emit_graph(program.grad, pool, fused)
-    iparams = program.integral.graph["params"]
-    params = [
-        dict(weight=param_attribute(name, "weight"), bias_attr=param_attribute(name, "bias"), out=p.out, inp=p.inp,
-             bias=p.bias, wb=_f(p.weight_bound), bb=_f(p.bias_bound))
-        for name, p in sorted(iparams.items())
-    ]
+    params = param_rows(program.integral.graph["params"])
     g = program.grad
     nonsmooth = sorted(
         {g.attrs(n)["fn"].label for n in g.order() if g.op(n) == "pointwise" and not g.attrs(n)["fn"].smooth}

@@ -46,7 +46,7 @@ from ..ir import IRGraph, pointwise_expr
 from ..names import param_attribute
 from ..stacking import find_stacks
 from ..templating import render
-from . import sympy_print, triton_fused, triton_print
+from . import param_rows, sympy_print, triton_fused, triton_print
 from .sympy_print import split_long
 
 #: op -> how it is lowered (the backend's one lowering table)
@@ -588,18 +588,8 @@ def generate(
         )
         for key, ir_, em, owner in (("integral", integral_ir, integral, "self"), ("grad", grad_ir, grad, "m"))
     }
-    params = [
-        dict(
-            weight=param_attribute(name, "weight"),
-            bias_attr=param_attribute(name, "bias"),
-            out=p.out,
-            inp=p.inp,
-            bias=p.bias,
-            wb=_f(p.weight_bound),
-            bb=_f(p.bias_bound),
-        )
-        for name, p in sorted(integral_ir.graph["params"].items())
-    ]
+    fused_calls = {key: _fused_call(kernel) for key, kernel in fused.items()}
+    params = param_rows(integral_ir.graph["params"], "triton")
     units = list(kernels.units.values())
     layers = list(kernels.layers.values())
     code = "\n".join(line for u in units for line in u.lines) + "\n".join(line for k in layers for line in k.lines)
@@ -621,14 +611,14 @@ def generate(
         out_features=program.out_features,
         columns=tuple(program.integration_columns),
         grad_title=("d" if len(wrt) == 1 else f"d^{len(wrt)} ") + "Phi / " + " ".join(f"d{v}" for v in wrt),
-        grad_uses_m=any("m." in line for line in grad.lines + [grad.result] + _fused_call(fused["grad"])),
+        grad_uses_m=any("m." in line for line in grad.lines + [grad.result] + fused_calls["grad"]),
         nonsmooth=_nonsmooth(grad_ir),
         allow_tf32=allow_tf32,
         stack=stack,
         fuse_network=fuse_network,
         fused_precision=fused_precision,
         fused=fused,
-        fused_calls={k: _fused_call(f) for k, f in fused.items()},
+        fused_calls=fused_calls,
         fuse_helpers=any(f.lines for f in fused.values()),
     )
 

@@ -70,10 +70,6 @@ def _pad(width: int) -> int:
     return p
 
 
-def _f(v: float) -> str:
-    return sympy_print.float_literal(v, "triton")
-
-
 @dataclass
 class FusedKernel:
     name: str  # the @triton.jit function
@@ -300,7 +296,8 @@ def _unit(w: _Writer, region: fusion.Region, outputs: list[sp.Expr]) -> None:
             if j in code:
                 w.emit(f"{t.at(c)} = {code[j]}")
             else:
-                w.emit(f"{t.at(c)} = tl.full(({w.rows(t.batched)}, {t.pad}), {_f(outputs[j])}, ACC)")
+                value = sympy_print.float_literal(outputs[j], "triton")
+                w.emit(f"{t.at(c)} = tl.full(({w.rows(t.batched)}, {t.pad}), {value}, ACC)")
             if not keeps_zero[j]:
                 w.masked(t, c)
 
