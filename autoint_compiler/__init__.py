@@ -36,11 +36,11 @@ def __getattr__(name):  # lazy: importing the package stays cheap and torch-free
 
         return compile_module
     if name == "derive":
-        from .differentiate import derive
+        from .core.differentiate import derive
 
         return derive
     if name == "load_spec":
-        from .spec import load_spec
+        from .frontends.spec import load_spec
 
         return load_spec
     raise AttributeError(f"module 'autoint_compiler' has no attribute {name!r}")

@@ -100,7 +100,7 @@ def cmd_compile(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .compiler import compile_source
-    from .ir import format_graph, to_dot
+    from .core.ir import format_graph, to_dot
 
     cs = compile_source(args.spec)
     g = cs.integral_ir if args.graph == "integral" else cs.grad_ir
@@ -134,8 +134,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_rules(args) -> int:
-    from . import activations as A
-    from .ops import OPS
+    from .core import activations as A
+    from .core.ops import OPS
 
     print("IR ops and their forward-mode rules (ops.py):")
     for op in sorted(OPS):

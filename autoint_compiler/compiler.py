@@ -19,12 +19,12 @@ from typing import Any
 
 from . import __version__
 from .backends import get_backend
-from .build import build_integral
+from .core.ir import IRGraph, format_graph
+from .core.program import Program, make_program
 from .errors import CompileError
-from .fileio import atomic_write_text  # noqa: F401 - re-exported (the CLI and older callers)
-from .ir import IRGraph, format_graph
-from .program import Program, make_program
-from .spec import NetworkSpec, load_spec
+from .frontends.spec import NetworkSpec, load_spec
+from .frontends.spec_build import build_integral
+from .runtime.fileio import atomic_write_text  # noqa: F401 - re-exported (the CLI and older callers)
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ class CompiledNetwork:
         orders (k_i − 1) at the 2ⁿ corners (inclusion–exclusion); for order 1 that is Φ itself."""
         if all(k == 1 for k in self.orders.values()):
             return self.integral.integrate(lower, upper, x)
-        from .antiderivative import integrate
+        from .runtime.antiderivative import integrate
 
         return integrate(self, lower, upper, x)
 

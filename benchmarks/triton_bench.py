@@ -90,7 +90,7 @@ def stack_torch_source(source: str, grad_ir) -> tuple[str, int]:
     rewrite of the generated ``vN = F.linear(...)`` lines; returns (source, stacks rewritten)."""
     import re
 
-    from autoint_compiler.stacking import find_stacks
+    from autoint_compiler.core.stacking import find_stacks
 
     lines = source.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("class GradNet"))

@@ -1,7 +1,7 @@
 """The worker of tests/test_distributed.py's torchrun test (not a test module itself).
 
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT`` trains
-the same small float64 network through :func:`autoint_compiler.train.train` on every rank, each rank
+the same small float64 network through :func:`autoint_compiler.runtime.train.train` on every rank, each rank
 taking its shard of one deterministic global batch per step, and writes ``OUT/rank<r>.json`` with
 each stage's outcome and final parameters. :func:`run_stage` with no process group is the
 single-process reference on the whole global batch.
@@ -38,8 +38,8 @@ def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 def run_stage(which: str, run_dir: str | None = None) -> dict:
     """Train through ``train(module=which)``; returns the final parameters (lists) and losses."""
     import autoint_compiler as ac
-    from autoint_compiler import distributed
-    from autoint_compiler.train import TrainConfig, train
+    from autoint_compiler.runtime import distributed
+    from autoint_compiler.runtime.train import TrainConfig, train
 
     net = ac.compile(SPEC)
     col = net.integration_columns[0]
@@ -70,7 +70,7 @@ def run_stage(which: str, run_dir: str | None = None) -> dict:
 def run_samples_stage() -> dict:
     """fit_samples under torchrun: each rank draws its half of the batch from its own generator."""
     import autoint_compiler as ac
-    from autoint_compiler.train import TrainConfig, fit_samples
+    from autoint_compiler.runtime.train import TrainConfig, fit_samples
 
     net = ac.compile(SPEC)
     first: list[list[float]] = []
@@ -91,7 +91,7 @@ def run_samples_stage() -> dict:
 
 
 def main(out: str) -> int:
-    from autoint_compiler import distributed
+    from autoint_compiler.runtime import distributed
 
     torch.set_num_threads(1)
     distributed.setup()

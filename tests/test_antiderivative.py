@@ -1,4 +1,4 @@
-"""autoint_compiler.antiderivative against converged quadrature of the signal f = ∂^kΦ (float64).
+"""autoint_compiler.runtime.antiderivative against converged quadrature of the signal f = ∂^kΦ (float64).
 
 The module is tested independently of the compiler: ``FakeNet.derivative(orders)`` returns a closure of
 an analytic Φ(x) = g(y) · Πᵢ φᵢ(tᵢ) (two outputs, each a product of sin / exp / polynomial factors with
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.interpolate import BSpline
 
-from autoint_compiler import antiderivative as A
+from autoint_compiler.runtime import antiderivative as A
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -21,13 +21,13 @@ from test_networks import random_specs
 from test_rules import OP_ROWS
 
 import autoint_compiler as ac
-from autoint_compiler import interpret, ops, rules
-from autoint_compiler.activations import activation, formula
 from autoint_compiler.backends import BACKENDS, get_backend, torch_backend, triton_backend
 from autoint_compiler.compiler import compile_source
-from autoint_compiler.differentiate import derive
-from autoint_compiler.ir import Builder, IRGraph, ParamInfo, format_graph
-from autoint_compiler.program import Program
+from autoint_compiler.core import interpret, ops, rules
+from autoint_compiler.core.activations import activation, formula
+from autoint_compiler.core.differentiate import derive
+from autoint_compiler.core.ir import Builder, IRGraph, ParamInfo, format_graph
+from autoint_compiler.core.program import Program
 
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 
@@ -92,9 +92,9 @@ def test_pickled_phi_derives_in_a_fresh_process(tmp_path):
     script = textwrap.dedent(
         """
         import pickle, sys
-        from autoint_compiler.differentiate import derive
-        from autoint_compiler.ir import format_graph
-        from autoint_compiler.program import make_program
+        from autoint_compiler.core.differentiate import derive
+        from autoint_compiler.core.ir import format_graph
+        from autoint_compiler.core.program import make_program
         from autoint_compiler.compiler import generate_source
         g = pickle.loads(open(sys.argv[1], 'rb').read())
         p = make_program(g, name='field3d', dtype='float32', wrt=['t'])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import autoint_compiler as ac
-from autoint_compiler import checkpoint as ckpt
-from autoint_compiler.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from autoint_compiler.runtime import checkpoint as ckpt
+from autoint_compiler.runtime.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 
 SPEC = {
     "name": "ckpt_net",

@@ -14,7 +14,7 @@ import torch
 import autoint_compiler as ac
 from autoint_compiler.apps import ct, ct_data
 from autoint_compiler.apps.ct_data import CTProblem, make_problem
-from autoint_compiler.train import line_integral_mc
+from autoint_compiler.runtime.train import line_integral_mc
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -19,8 +19,8 @@ import torch
 from conftest import REPO_ROOT, TESTS_DIR, ac_subprocess_env
 
 import autoint_compiler as ac
-from autoint_compiler import distributed
-from autoint_compiler.train import LineData, TrainConfig, fit_line_integrals
+from autoint_compiler.runtime import distributed
+from autoint_compiler.runtime.train import LineData, TrainConfig, fit_line_integrals
 
 EXAMPLES = sorted(p.name for p in (REPO_ROOT / "examples").glob("*.yaml"))
 

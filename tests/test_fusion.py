@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import autoint_compiler as ac
-from autoint_compiler.fusion import find_regions
+from autoint_compiler.core.fusion import find_regions
 
 SPECS = {
     "swish-rows": {

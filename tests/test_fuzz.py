@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import autoint_compiler as ac
-from autoint_compiler.spec import GRAPH_OPS, load_spec
+from autoint_compiler.frontends.spec import GRAPH_OPS, load_spec
 
 
 def fuzz(max_examples):

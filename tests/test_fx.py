@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import autoint_compiler as ac
-from autoint_compiler import interpret
+from autoint_compiler.core import interpret
 
 
 class NeRFLike(nn.Module):

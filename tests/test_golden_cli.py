@@ -12,7 +12,7 @@ import pytest
 
 from autoint_compiler.cli import main
 from autoint_compiler.compiler import compile_source
-from autoint_compiler.ir import format_graph
+from autoint_compiler.core.ir import format_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -98,7 +98,7 @@ def test_cli_errors_exit_2_with_short_message(tmp_path):
 
 
 def test_cli_rules_lists_every_activation(capsys):
-    from autoint_compiler.activations import ACTIVATIONS
+    from autoint_compiler.core.activations import ACTIVATIONS
 
     assert main(["rules"]) == 0
     out = capsys.readouterr().out

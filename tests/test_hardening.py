@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import autoint_compiler as ac
-from autoint_compiler import fileio
-from autoint_compiler.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from autoint_compiler.formula import FormulaError, parse_formula
-from autoint_compiler.spec import MAX_OCTAVES, MAX_PARAMETERS, MAX_WIDTH, load_spec
+from autoint_compiler.core.formula import FormulaError, parse_formula
+from autoint_compiler.frontends.spec import MAX_OCTAVES, MAX_PARAMETERS, MAX_WIDTH, load_spec
+from autoint_compiler.runtime import fileio
+from autoint_compiler.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 HEAD = "name: h\ninputs: {t: 1, y: 1}\nintegrate: [t]\n"
 
@@ -264,7 +264,7 @@ def test_graph_caps(node):
     ],
 )
 def test_parameter_and_width_budget_is_checked_before_anything_is_built(text, monkeypatch):
-    import autoint_compiler.build as build
+    import autoint_compiler.frontends.spec_build as build
 
     monkeypatch.setattr(build, "build_ir", lambda *a, **k: pytest.fail("built before the budget check"), raising=False)
     msg = _spec_error(text)
@@ -274,7 +274,7 @@ def test_parameter_and_width_budget_is_checked_before_anything_is_built(text, mo
 
 
 def test_budget_allows_the_largest_reasonable_networks():
-    from autoint_compiler.spec import parameter_count
+    from autoint_compiler.frontends.spec import parameter_count
 
     spec = load_spec(HEAD + "output: 1\nmlp: {hidden: [" + ", ".join(["2048"] * 16) + "]}\n")
     n, _ = parameter_count(spec)
@@ -354,7 +354,7 @@ def test_load_checkpoint_reads_only_bounded_regular_files(tmp_path, what):
 
 
 def test_read_metadata_reads_only_the_header(tmp_path):
-    from autoint_compiler.checkpoint import read_metadata
+    from autoint_compiler.runtime.checkpoint import read_metadata
 
     net = ac.compile(SPEC)
     path = save_checkpoint(tmp_path / "a.safetensors", net, extra={"step": 3})

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 import autoint_compiler as ac
-from autoint_compiler import activations as A
-from autoint_compiler import interpret
-from autoint_compiler.build import build_integral
-from autoint_compiler.differentiate import MAX_GRAD_NODES, derive_jet, derive_once
-from autoint_compiler.spec import load_spec
+from autoint_compiler.core import activations as A
+from autoint_compiler.core import interpret
+from autoint_compiler.core.differentiate import MAX_GRAD_NODES, derive_jet, derive_once
+from autoint_compiler.frontends.spec import load_spec
+from autoint_compiler.frontends.spec_build import build_integral
 
 NAMES = ["t", "y", "s", "z", "u", "v"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import autoint_compiler as ac
-from autoint_compiler import antiderivative as AD
+from autoint_compiler.runtime import antiderivative as AD
 
 
 def _net(orders, seed=0):

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from autoint_compiler.differentiate import derive
+from autoint_compiler.core.differentiate import derive
+from autoint_compiler.core.ir import Builder, IRGraph, ParamInfo, format_graph
+from autoint_compiler.core.passes import cse, dce
 from autoint_compiler.errors import CompileError
-from autoint_compiler.ir import Builder, IRGraph, ParamInfo, format_graph
-from autoint_compiler.passes import cse, dce
 
 
 def _graph() -> tuple[IRGraph, Builder]:
@@ -104,8 +104,8 @@ def test_unknown_op_is_a_compile_error_naming_it():
 
 
 def test_derive_shares_primal_nodes_and_prunes_the_last_activation():
-    from autoint_compiler.build import build_integral
-    from autoint_compiler.spec import load_spec
+    from autoint_compiler.frontends.spec import load_spec
+    from autoint_compiler.frontends.spec_build import build_integral
 
     spec = load_spec(
         {"name": "s", "inputs": {"t": 1, "y": 2}, "integrate": ["t"], "output": 1, "mlp": {"hidden": [8, 8]}}

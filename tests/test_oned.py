@@ -12,7 +12,7 @@ import torch
 import autoint_compiler as ac
 from autoint_compiler.apps import oned
 from autoint_compiler.apps.signals1d import SIGNALS, get_signal
-from autoint_compiler.train import TrainConfig
+from autoint_compiler.runtime.train import TrainConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

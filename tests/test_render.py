@@ -253,7 +253,7 @@ def test_resume_from_an_interrupted_run_gives_the_same_weights(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         R.train_model(R.build_model("autoint-K4", s), train, s, method="autoint-K4", checkpoint=ckpt)
     monkeypatch.setattr(R, "_loss", real_loss)
-    from autoint_compiler.checkpoint import read_metadata
+    from autoint_compiler.runtime.checkpoint import read_metadata
 
     assert read_metadata(ckpt)["step"] == "8"
     resumed = R.build_model("autoint-K4", s)

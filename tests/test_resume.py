@@ -16,9 +16,9 @@ import torch
 from conftest import REPO_ROOT, ac_subprocess_env
 
 import autoint_compiler as ac
-from autoint_compiler.checkpoint import CheckpointError, load_checkpoint, read_metadata
-from autoint_compiler.runs import latest_checkpoint, list_checkpoints
-from autoint_compiler.train import LineData, TrainConfig, fit_line_integrals, fit_samples
+from autoint_compiler.runtime.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from autoint_compiler.runtime.runs import latest_checkpoint, list_checkpoints
+from autoint_compiler.runtime.train import LineData, TrainConfig, fit_line_integrals, fit_samples
 
 SPEC = {
     "name": "resume_net",
@@ -69,7 +69,7 @@ def test_resume_is_bit_exact_and_keeps_last_m(tmp_path):
     ref = ac.compile(SPEC)
     h_ref = fit_samples(ref, _sampler, _cfg())
     net = ac.compile(SPEC)
-    from autoint_compiler import train as train_mod
+    from autoint_compiler.runtime import train as train_mod
 
     with pytest.raises(Interrupt):  # dies at step 17: checkpoints at 5, 10, 15 written
         train_mod.train(net, lambda m, g, s: _loss(m, g), _cfg(tmp_path / "run"), callback=_interrupt_at(17))
@@ -111,7 +111,7 @@ def test_resume_line_integrals_integral_mode(tmp_path):
     ref = ac.compile(spec)
     fit_line_integrals(ref, lines, _cfg(steps=12), mode="integral")
     net = ac.compile(spec)
-    from autoint_compiler import train as train_mod
+    from autoint_compiler.runtime import train as train_mod
 
     real = train_mod.train
 
@@ -227,7 +227,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
 KILL_MID_WRITE = r"""
 import os, signal, sys
-from autoint_compiler import fileio
+from autoint_compiler.runtime import fileio
 real_fsync, count = os.fsync, [0]
 def fsync(fd):
     if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".step-"):

@@ -34,9 +34,9 @@ from conftest import (
 )
 
 import autoint_compiler as ac
-from autoint_compiler import activations as A
-from autoint_compiler import ir, ops, rules
 from autoint_compiler.backends import sympy_print
+from autoint_compiler.core import activations as A
+from autoint_compiler.core import ir, ops, rules
 
 JVP_TOL = 1e-5
 FD_TOL = 1e-5

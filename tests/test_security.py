@@ -16,7 +16,7 @@ import torch
 from conftest import REPO_ROOT, ac_compile, ac_inputs, ac_subprocess_env
 
 import autoint_compiler as ac
-from autoint_compiler.names import is_identifier
+from autoint_compiler.core.names import is_identifier
 
 
 def _mlp(name="sec", inputs=None, activation="tanh", integrate=("t",)):

@@ -8,8 +8,8 @@ import math
 import pytest
 
 import autoint_compiler as ac
-from autoint_compiler.build import build_integral
-from autoint_compiler.spec import load_spec
+from autoint_compiler.frontends.spec import load_spec
+from autoint_compiler.frontends.spec_build import build_integral
 
 BASE = {"name": "f", "inputs": {"rho": 1, "theta": 1, "t": 1}, "integrate": ["t"], "output": 1}
 

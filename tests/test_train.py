@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import autoint_compiler as ac
-from autoint_compiler.train import (
+from autoint_compiler.runtime.train import (
     History,
     LineData,
     TrainConfig,

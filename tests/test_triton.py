@@ -26,10 +26,10 @@ from conftest import REPO_ROOT, ac_graph_spec, ac_mlp_spec, assert_rel_close  # 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from autoint_compiler import primitives as P  # noqa: E402
 from autoint_compiler.backends import get_backend, triton_print  # noqa: E402
 from autoint_compiler.backends.triton_backend import LOWERINGS, generate, plan_graph  # noqa: E402
 from autoint_compiler.compiler import compile_source, load_module  # noqa: E402
+from autoint_compiler.core import primitives as P  # noqa: E402
 from autoint_compiler.errors import CompileError  # noqa: E402
 
 F64 = dict(out=1e-9, grad=1e-9)

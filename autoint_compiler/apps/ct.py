@@ -36,8 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .. import distributed
-from ..train import History, LineData, TrainConfig, device_error, fit_line_integrals
+from ..runtime import distributed
+from ..runtime.train import History, LineData, TrainConfig, device_error, fit_line_integrals
 from . import ct_data
 from ._argtypes import SEED, int_range, positive_float
 from .ct_data import CTProblem, make_problem

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import distributed
-from ..train import History, TrainConfig, device_error, fit_samples
+from ..runtime import distributed
+from ..runtime.train import History, TrainConfig, device_error, fit_samples
 from ._argtypes import SEED, int_range, positive_float
 from .signals1d import SIGNALS, Signal1D, get_signal
 
@@ -271,7 +271,7 @@ def run(
     continues it). Under torchrun only rank 0 prints and writes files."""
     from dataclasses import replace
 
-    from ..checkpoint import save_checkpoint
+    from ..runtime.checkpoint import save_checkpoint
 
     results = []
     out_dir = Path(out) if out is not None else None
@@ -349,7 +349,7 @@ def parse_activation(text: str) -> Any:
             raise argparse.ArgumentTypeError(f"--activation: expected a mapping, got {text!r}")
         return value
     if ":" not in text:
-        from ..activations import ACTIVATIONS
+        from ..core.activations import ACTIVATIONS
 
         if text not in ACTIVATIONS:
             known = ", ".join(sorted(ACTIVATIONS))

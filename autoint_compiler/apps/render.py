@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..train import device_error, resolve_device, show_progress
+from ..runtime.train import device_error, resolve_device, show_progress
 from .render_scenes import SCENES, Views, composite, get_scene, make_views
 
 __all__ = [
@@ -450,7 +450,7 @@ def _loss(model: nn.Module, o, d, rgb, gen, s: RenderSettings) -> tuple[torch.Te
 
 
 class _Bundle:
-    """What :func:`autoint_compiler.checkpoint.save_checkpoint` needs: ``.integral`` (the module
+    """What :func:`autoint_compiler.runtime.checkpoint.save_checkpoint` needs: ``.integral`` (the module
     whose state dict is saved: every network of the method, sampler included), ``.spec_hash`` and
     ``.name``."""
 
@@ -478,7 +478,7 @@ def _arch(model: nn.Module, method: str, s: RenderSettings) -> dict[str, Any]:
 def _save_adam(path: Path, opt: torch.optim.Optimizer) -> None:
     from safetensors.torch import save
 
-    from ..checkpoint import atomic_write_bytes
+    from ..runtime.checkpoint import atomic_write_bytes
 
     tensors = {}
     for i, st in opt.state_dict()["state"].items():
@@ -523,7 +523,7 @@ def train_model(
     Batches are drawn from a generator seeded per step, so a resumed run draws the same batches."""
     from tqdm.auto import tqdm
 
-    from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+    from ..runtime.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 
     device = resolve_device(s.device)
     dtype = _dtype(s)
@@ -731,7 +731,7 @@ def _views(scene: str, s: RenderSettings, cache: Path | None) -> tuple[Views, Vi
     if path is not None:
         from safetensors.torch import save
 
-        from ..checkpoint import atomic_write_bytes
+        from ..runtime.checkpoint import atomic_write_bytes
 
         tensors = {}
         for part, v in (("train", train), ("test", test)):

@@ -32,7 +32,7 @@ def get_backend(name: str):
 def param_rows(params: dict, backend: str = "") -> list[dict]:
     """What a module template needs to declare and initialise each parameter (sorted by name): the
     attribute names, shapes, whether it has a bias and the uniform init bounds as float literals."""
-    from ..names import param_attribute
+    from ..core.names import param_attribute
     from .sympy_print import float_literal
 
     return [

@@ -15,7 +15,7 @@ import math
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
-from .. import activations as A
+from ..core import activations as A
 from ..errors import CompileError
 
 #: fused library primals (activation table's ``library`` hint) -> call template

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .. import activations as A
-from .. import fusion
+from ..core import activations as A
+from ..core import fusion
+from ..core.ir import IRGraph
+from ..core.names import is_identifier, param_attribute
 from ..errors import CompileError
-from ..ir import IRGraph
-from ..names import is_identifier, param_attribute
-from ..templating import render
 from . import param_rows, sympy_print
+from .templating import render
 
 
 def _f(v: float) -> str:

@@ -39,15 +39,15 @@ from dataclasses import dataclass, field
 import networkx as nx
 import sympy as sp
 
-from .. import fusion
-from .. import primitives as P
+from ..core import fusion
+from ..core import primitives as P
+from ..core.ir import IRGraph, pointwise_expr
+from ..core.names import param_attribute
+from ..core.stacking import find_stacks
 from ..errors import CompileError
-from ..ir import IRGraph, pointwise_expr
-from ..names import param_attribute
-from ..stacking import find_stacks
-from ..templating import render
 from . import param_rows, sympy_print, triton_fused, triton_print
 from .sympy_print import split_long
+from .templating import render
 
 #: op -> how it is lowered (the backend's one lowering table)
 LOWERINGS: dict[str, str] = {

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .. import fusion
+from ..core import fusion
+from ..core.ir import IRGraph
 from ..errors import CompileError
-from ..ir import IRGraph
 from . import sympy_print, triton_print
 from .sympy_print import split_long
 

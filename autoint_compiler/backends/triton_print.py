@@ -17,7 +17,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
-from .. import primitives as P
+from ..core import primitives as P
 from ..errors import CompileError
 
 #: sympy function -> Triton callable (``tl.*`` or a helper from ``HELPERS``)

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .. import activations as A
+from ..core import activations as A
+from ..core.ir import Builder, IRGraph, ParamInfo
+from ..core.names import param_attribute, safe_identifier
+from ..core.program import Program, make_program
 from ..errors import CompileError
-from ..ir import Builder, IRGraph, ParamInfo
-from ..names import param_attribute, safe_identifier
-from ..program import Program, make_program
 
 # ---------------------------------------------------------------------------------------------------
 # Lowering tables
@@ -373,7 +373,7 @@ def trace_module(
     name = safe_identifier(name or type(module).__name__.lower(), default="module")
     lowering = _Lowering(gm, in_features, orders, name)
     integral = lowering.run()
-    from ..passes import dce
+    from ..core.passes import dce
 
     integral = dce(integral)
     if dtype is None:

@@ -13,7 +13,7 @@ metadata carries
 * ``torch_version``   -- the torch that wrote it (informational)
 * any ``extra`` string pairs the caller passes (step count, loss, ...).
 
-Writes are atomic (:mod:`autoint_compiler.fileio`): the bytes go to a temporary file in the
+Writes are atomic (:mod:`autoint_compiler.runtime.fileio`): the bytes go to a temporary file in the
 destination directory, which is flushed, fsync'ed and then ``os.replace``'d over the destination (and
 the directory is fsync'ed where the OS allows it). A crash or an exception at any point leaves either
 the old file or the new one, never a truncated mix, and no stray temporary file. A symlink is written
@@ -67,7 +67,7 @@ def _state_tensors(net: Any) -> dict[str, torch.Tensor]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: :func:`autoint_compiler.fileio.atomic_write_bytes`
+    """Write ``data`` to ``path`` atomically: :func:`autoint_compiler.runtime.fileio.atomic_write_bytes`
     (temp file in the same folder, fsync, rename; through a symlink; umask-respecting mode)."""
     return fileio.atomic_write_bytes(path, data)
 

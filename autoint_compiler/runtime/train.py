@@ -17,7 +17,7 @@ Two kinds of supervision:
 Both are thin wrappers around :func:`train`, which takes any ``loss_fn(module, generator, step)``.
 
 **Data-parallel training.** :func:`train` runs unchanged under ``torchrun --nproc-per-node N``: it joins
-the process group (gloo on CPU, nccl on CUDA; :mod:`autoint_compiler.distributed`), wraps the trained
+the process group (gloo on CPU, nccl on CUDA; :mod:`autoint_compiler.runtime.distributed`), wraps the trained
 module in ``DistributedDataParallel``, seeds each rank's generator differently (rank 0 keeps
 ``config.seed``), and the fitting functions draw ``batch_size / N`` samples per rank (from the rank's
 shard of the lines in :func:`fit_line_integrals`), so ``batch_size`` stays the global batch. Only rank
@@ -26,7 +26,7 @@ shard of the lines in :func:`fit_line_integrals`), so ``batch_size`` stays the g
 wrapped in DDP at all.
 
 **Resumable runs.** ``TrainConfig(run_dir=..., checkpoint_every=K, keep_checkpoints=M, resume=True)``
-keeps a run directory (:mod:`autoint_compiler.runs`) and continues from its newest checkpoint,
+keeps a run directory (:mod:`autoint_compiler.runtime.runs`) and continues from its newest checkpoint,
 bit-identically on CPU.
 """
 
@@ -80,7 +80,7 @@ class TrainConfig:
     grad_clip: float | None = None
     weight_decay: float = 0.0
     threads: int | None = None  # CPU intra-op threads while training (None: leave torch's setting)
-    run_dir: str | None = None  # a run directory (spec, config, checkpoints): see autoint_compiler.runs
+    run_dir: str | None = None  # a run directory (spec, config, checkpoints): see autoint_compiler.runtime.runs
     checkpoint_every: int = 0  # steps between checkpoints in run_dir (0: only at the end)
     keep_checkpoints: int = 3  # the newest checkpoints kept in run_dir
     resume: bool = False  # continue from run_dir's newest checkpoint (a fresh start if it has none)

@@ -20,10 +20,10 @@ import networkx as nx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .activations import ACTIVATIONS, FormulaError, parse_formula
-from .errors import SpecError
-from .formula import check_derivative_cost
-from .names import is_identifier, safe_identifier
+from ..core.activations import ACTIVATIONS, FormulaError, parse_formula
+from ..core.formula import check_derivative_cost
+from ..core.names import is_identifier, safe_identifier
+from ..errors import SpecError
 
 # ---------------------------------------------------------------------------------------------------
 # Schema
@@ -294,7 +294,7 @@ def _read(spec: Any) -> tuple[str, Any]:
     if isinstance(spec, dict):
         return "<dict>", spec
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
-        from . import fileio
+        from ..runtime import fileio
 
         path = Path(spec)
         try:

@@ -21,8 +21,8 @@ from typing import Any
 
 import networkx as nx
 
+from ..errors import CompileError
 from .activations import PointwiseFn
-from .errors import CompileError
 from .ops import COMMUTATIVE, OPS, op_def
 
 

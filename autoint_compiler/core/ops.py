@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import sympy as sp
 
+from ..errors import CompileError
 from . import activations
-from .errors import CompileError
 
 if TYPE_CHECKING:  # the rules build nodes through the IR builder; no import cycle at run time
     from .ir import Builder

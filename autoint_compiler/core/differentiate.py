@@ -9,7 +9,7 @@ is not changed.
 
 from __future__ import annotations
 
-from .errors import CompileError
+from ..errors import CompileError
 from .ir import Builder, IRGraph
 from .ops import OPS, rule_for
 from .passes import dce, rebuild

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import jinja2
 
-_HERE = Path(__file__).resolve().parent
-SEARCH_PATH = [_HERE / "templates", _HERE.parent / "templates"]
+_PACKAGE = Path(__file__).resolve().parent.parent  # autoint_compiler/
+SEARCH_PATH = [_PACKAGE / "templates", _PACKAGE.parent / "templates"]
 
 
 @functools.lru_cache(maxsize=1)

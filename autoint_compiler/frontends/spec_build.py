@@ -8,10 +8,10 @@ from typing import Any
 
 import networkx as nx
 
-from . import activations
-from .errors import CompileError, SpecError
-from .ir import Builder, IRGraph, ParamInfo
-from .passes import dce
+from ..core import activations
+from ..core.ir import Builder, IRGraph, ParamInfo
+from ..core.passes import dce
+from ..errors import CompileError, SpecError
 from .spec import FormulaActivation, NetworkSpec, node_attrs
 
 

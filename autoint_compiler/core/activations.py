@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .errors import CompileError
+from ..errors import CompileError
 from .formula import FormulaError, parse_formula, stabilize  # noqa: F401 - re-exported
 from .primitives import (  # noqa: F401 - re-exported: the table is written in these
     DISCONTINUOUS,

@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
+from ..errors import CompileError
 from . import primitives as P
-from .errors import CompileError
 from .ir import IRGraph
 from .names import param_attribute
 

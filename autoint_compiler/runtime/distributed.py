@@ -1,6 +1,6 @@
 """Data-parallel training helpers: ``torchrun`` + ``DistributedDataParallel``.
 
-:func:`autoint_compiler.train.train` calls :func:`setup` first. Under ``torchrun --nproc-per-node N``
+:func:`autoint_compiler.runtime.train.train` calls :func:`setup` first. Under ``torchrun --nproc-per-node N``
 (the environment holds ``WORLD_SIZE > 1``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) it
 joins the process group (``gloo`` on CPU, ``nccl`` on CUDA); a process group the caller initialised
 itself is used as it is. Without either, training is single-process and nothing here does anything.

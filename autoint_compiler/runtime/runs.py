@@ -8,7 +8,7 @@ Layout of ``TrainConfig(run_dir=DIR, checkpoint_every=K, keep_checkpoints=M)``::
     DIR/checkpoints/step-00000100.safetensors     every K steps and at the end; the last M are kept
 
 A checkpoint is one safetensors file (so one atomic rename commits all of it): the network's
-parameters (loadable with :func:`autoint_compiler.checkpoint.load_checkpoint`) plus the training
+parameters (loadable with :func:`autoint_compiler.runtime.checkpoint.load_checkpoint`) plus the training
 state under ``__train__/``: Adam's moments and step counts, every rank's generator and torch RNG
 states, every rank's per-step losses so far. ``resume=True`` loads the newest checkpoint that reads
 back and continues from its step; parameters, optimizer and RNG are restored exactly, so on CPU the
@@ -95,7 +95,7 @@ def _to_u8(b: bytes) -> torch.Tensor:
 
 
 class RunDir:
-    """The run directory of one :func:`autoint_compiler.train.train` call (see the module docstring)."""
+    """The run directory of one :func:`autoint_compiler.runtime.train.train` call (see the module docstring)."""
 
     def __init__(self, path: str | Path, net: Any, cfg: Any):
         self.path = Path(path)
