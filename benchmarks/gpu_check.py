@@ -1,0 +1,379 @@
+"""The GPU step (issue 21): every whole-network kernel configuration checked in its own process, then
+the timing table. Runs on a bare H100/H200 with only torch and triton installed.
+
+Two phases, so the GPU machine needs no package install:
+  python -m benchmarks.gpu_check --prepare DIR          # CPU, needs the package: generate the modules
+  python benchmarks/gpu_check.py --run DIR --out OUT    # GPU: checks, then timings, written after every row
+
+Phase 1 (``check``): for each network and each whole-network kernel configuration (fp32 GEMM precision
+x register-tile chunk x row block x warps), a fresh process with ``CUDA_LAUNCH_BLOCKING=1`` computes Φ and
+the grad network through the whole-network kernel at an odd row count and compares them with the torch
+backend (float32, TF32 off). A fault (an illegal memory access kills the CUDA context) then names the
+kernel, the network and the configuration instead of ending the run. Results: ``OUT/check.jsonl``.
+
+Phase 2 (``table``): CUDA-event medians at 2^20 rows for the grad network's forward and a training step
+(MSE on the grad network, ``backward()``): Triton (whole-network kernel, per-layer kernels fp32 / TF32 /
+bf16), torch eager, ``torch.compile``, ``torch.compile`` + bf16 autocast, double backward, and the GEMM
+floor (the hidden layers' GEMMs alone for the primal and tangent chains, fp32 / TF32 / bf16); relative
+error against a float64 truth. Results: ``OUT/table.csv`` and ``OUT/table.md`` after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # triton_bench's helpers, also when run as a plain script
+
+#: (fp32 GEMM precision, chunk, BLOCK_M, num_warps): the configurations the autotuner may pick and the
+#: neighbours that bisect a fault (precision, chunking, row block, warps)
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+CHUNKS = (32, 64, 128)
+BLOCKS = ((32, 4), (64, 4), (64, 8), (128, 8))
+
+
+def spec_for(width: int, n_vars: int) -> dict:
+    names = ["t", "s", "r"][:n_vars]
+    return {
+        "name": f"gpu_w{width}_v{n_vars}",
+        "inputs": {**{v: 1 for v in names}, "y": 2},
+        "integrate": names,
+        "output": 1,
+        "dtype": "float32",
+        "seed": 0,
+        "mlp": {"hidden": [width] * 3, "activation": "swish"},
+    }
+
+
+def prepare(folder: Path, widths=(64, 128), n_vars=(1, 2, 3)) -> None:
+    from autoint_compiler import __version__
+    from autoint_compiler.backends.triton_backend import generate
+    from autoint_compiler.compiler import compile_source
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for w in widths:
+        for v in n_vars:
+            cs = compile_source(spec_for(w, v))
+            (folder / f"{cs.name}_torch.py").write_text(cs.source)
+            for chunk in CHUNKS:
+                text = generate(cs.program, version=__version__, fused_chunk=chunk)
+                (folder / f"{cs.name}_triton_c{chunk}.py").write_text(text)
+            manifest.append({"name": cs.name, "width": w, "vars": v})
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phase 1: one configuration in this process (run in a child with CUDA_LAUNCH_BLOCKING=1)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _load(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def one(folder: Path, name: str, prec: str, chunk: int, block: int, warps: int, rows: int, time_rows: int) -> dict:
+    import torch
+    import triton
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: under TRITON_INTERPRET=1 (a dry run)
+    tm = _load(folder / f"{name}_torch.py")
+    xm = _load(folder / f"{name}_triton_c{chunk}.py")
+    xm.FUSE_NETWORK = True
+    xm.FUSED_FP32_PRECISION = prec
+    for k in ("_integral_fused_kernel", "_grad_fused_kernel"):
+        getattr(xm, k).configs = [triton.Config({"BLOCK_M": block}, num_warps=warps, num_stages=1)]
+    torch.manual_seed(0)
+    ref = tm.IntegralNet(device=dev)
+    net = xm.IntegralNet(device=dev)
+    net.load_state_dict(ref.state_dict())
+    gref, gnet = tm.GradNet.from_integral(ref), xm.GradNet.from_integral(net)
+    out = {"name": name, "prec": prec, "chunk": chunk, "block": block, "warps": warps, "rows": rows}
+    x = torch.rand(rows, tm.IN_FEATURES, device=dev) * 2 - 1
+    with torch.no_grad():
+        for key, a, b in (("integral", net, ref), ("grad", gnet, gref)):
+            t0 = time.time()
+            y = a(x)
+            _sync()
+            out[f"{key}_first_s"] = round(time.time() - t0, 2)
+            r = b(x)
+            out[f"{key}_err"] = ((y - r).abs().max() / r.abs().max().clamp_min(1e-6)).item()
+        if time_rows:
+            x = torch.rand(time_rows, tm.IN_FEATURES, device=dev) * 2 - 1
+            for key, a in (("integral", net), ("grad", gnet)):
+                out[f"{key}_ms"] = _median_ms(lambda a=a: a(x))
+    return out
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _median_ms(fn, warmup=2, iters=9) -> float:
+    import torch
+
+    if not torch.cuda.is_available():  # the dry run
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def check(folder: Path, out_dir: Path, names, configs, rows=4099, time_rows=2**20, jobs=8, timeout=120) -> list:
+    """Every (network, configuration) in a child process, ``jobs`` at a time; a line per result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "check.jsonl"
+    env = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1", "PYTHONUNBUFFERED": "1"}
+
+    def child(task):
+        name, (prec, chunk, block, warps) = task
+        cmd = [sys.executable, str(HERE / "gpu_check.py"), "--one", str(folder), name, prec, str(chunk),
+               str(block), str(warps), str(rows), str(time_rows)]  # fmt: skip
+        row = {"name": name, "prec": prec, "chunk": chunk, "block": block, "warps": warps}
+        try:
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+            if p.returncode == 0 and lines:
+                row = json.loads(lines[-1])
+            else:
+                tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+                row["error"] = " | ".join(tail)[-600:]
+        except subprocess.TimeoutExpired:
+            row["error"] = f"timeout after {timeout} s"
+        row["ok"] = "error" not in row and max(row["integral_err"], row["grad_err"]) < 2e-4
+        with log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        return row
+
+    tasks = [(n, c) for n in names for c in configs]
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(child, tasks))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phase 2: the timing table
+# ---------------------------------------------------------------------------------------------------
+
+
+def _truth(tm, ref, x):
+    """The grad network in float64 (same weights): the truth every method's error is measured against."""
+    import copy
+
+    import torch
+
+    ref64 = copy.deepcopy(ref).double()
+    with torch.no_grad():
+        return tm.GradNet.from_integral(ref64)(x.double())
+
+
+def table(folder: Path, out_dir: Path, names, rows=2**20, fused=None, budget_s=400.0) -> None:
+    """Grad forward and training step per method; a CSV/markdown row written as soon as it is measured."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    start = time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)"
+    meta = {"device": device, "torch": torch.__version__, "triton": __import__("triton").__version__, "rows": rows}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    path = out_dir / "table.csv"
+    new = not path.exists()
+    f = path.open("a", newline="")
+    w = csv.writer(f)
+    if new:
+        w.writerow(["network", "method", "grad_fwd_ms", "train_step_ms", "rel_err_vs_f64"])
+    for name in names:
+        if not _table_network(folder, name, rows, fused, w, f, start + budget_s):
+            break
+    f.close()
+
+
+def _table_network(folder: Path, name: str, rows: int, fused, w, f, deadline: float) -> bool:
+    """One network's rows (False: the time budget ran out)."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run under TRITON_INTERPRET=1
+
+    manifest = {e["name"]: e for e in json.loads((folder / "manifest.json").read_text())}
+    e = manifest[name]
+    tm = _load(folder / f"{name}_torch.py")
+    chunk, prec, block, warps = fused.get(name, (64, "tf32x3", 64, 8)) if fused else (64, "tf32x3", 64, 8)
+    xm = _load(folder / f"{name}_triton_c{chunk}.py")
+    torch.manual_seed(0)
+    ref = tm.IntegralNet(device=dev)
+    net = xm.IntegralNet(device=dev)
+    net.load_state_dict(ref.state_dict())
+    gref, gnet = tm.GradNet.from_integral(ref), xm.GradNet.from_integral(net)
+    x = torch.rand(rows, tm.IN_FEATURES, device=dev) * 2 - 1
+    target = torch.rand(rows, 1, device=dev)
+    truth = _truth(tm, ref, x[: 2**16])
+
+    def err(fn):
+        with torch.no_grad():
+            y = fn(x[: 2**16]).double()
+        return ((y - truth).abs().max() / truth.abs().max()).item()
+
+    def step(fn, params, autocast=None):
+        def run():
+            for p in params:
+                p.grad = None
+            if autocast:
+                with torch.autocast(dev, dtype=autocast):
+                    y = fn(x)
+            else:
+                y = fn(x)
+            ((y.float() - target) ** 2).mean().backward()
+
+        return run
+
+    def fwd(fn, autocast=None):
+        def run():
+            with torch.no_grad():
+                if autocast:
+                    with torch.autocast(dev, dtype=autocast):
+                        fn(x)
+                else:
+                    fn(x)
+
+        return run
+
+    def dbl(inp):
+        inp = inp.detach().requires_grad_(True)
+        out = ref(inp)
+        for c in tm.INTEGRATION_COLUMNS:
+            (g,) = torch.autograd.grad(out.sum(), inp, create_graph=True)
+            out = g[:, c : c + 1]
+        return out
+
+    def bf16_compiled():
+        cg = torch.compile(gref)
+
+        def fn(inp):
+            with torch.autocast(dev, dtype=torch.bfloat16):
+                return cg(inp)
+
+        return fn
+
+    def triton_mode(fused_on, tf32):
+        def fn(inp):
+            xm.FUSE_NETWORK, xm.ALLOW_TF32 = fused_on, tf32
+            return gnet(inp)
+
+        return fn
+
+    xm.FUSED_FP32_PRECISION = prec
+    for k in ("_integral_fused_kernel", "_grad_fused_kernel"):
+        getattr(xm, k).configs = [__import__("triton").Config({"BLOCK_M": block}, num_warps=warps, num_stages=1)]
+    methods = [
+        ("triton_fused_fwd_only", lambda: triton_mode(True, False), list(net.parameters()), False),
+        ("triton_layers_fp32", lambda: triton_mode(False, False), list(net.parameters()), True),
+        ("triton_layers_tf32", lambda: triton_mode(False, True), list(net.parameters()), True),
+        ("torch_eager_fp32", lambda: gref, list(ref.parameters()), True),
+        ("torch_compile_fp32", lambda: torch.compile(gref), list(ref.parameters()), True),
+        ("torch_compile_bf16_autocast", bf16_compiled, list(ref.parameters()), True),
+        ("double_backward_fp32", lambda: dbl, list(ref.parameters()), True),
+    ]
+    if dev == "cpu":  # the dry run: no inductor compiles, bf16 needs a GPU in the Triton interpreter
+        methods = [m for m in methods if "compile" not in m[0]]
+    for method, make, params, trains in methods:
+        if time.time() > deadline:
+            print("time budget reached: stopping", flush=True)
+            return False
+        row = [name, method]
+        try:
+            fn = make()
+            t0 = time.time()
+            e_ = err(fn) if method != "double_backward_fp32" else float("nan")
+            first = time.time() - t0
+            g_ms = _median_ms(fwd(fn)) if method != "double_backward_fp32" else _median_ms(lambda fn=fn: fn(x))
+            s_ms = _median_ms(step(fn, params)) if trains else float("nan")
+            row += [round(g_ms, 3), round(s_ms, 3), f"{e_:.2e}"]
+            print(json.dumps({"row": row, "first_call_s": round(first, 1)}), flush=True)
+        except Exception as exc:  # a failure is a result too
+            row += ["", "", f"error: {type(exc).__name__}: {str(exc)[:200]}"]
+            print(json.dumps({"row": row}), flush=True)
+        w.writerow(row)
+        f.flush()
+    # the GEMM floor: the hidden layers' GEMMs alone, once per chain (primal + tangents)
+    width, chains = e["width"], 2 ** e["vars"]
+    for dt, label in ((torch.float32, "fp32"), (torch.float32, "tf32"), (torch.bfloat16, "bf16")):
+        torch.backends.cuda.matmul.allow_tf32 = label == "tf32"
+        a = torch.rand(rows, width, device=dev, dtype=dt)
+        wt = torch.rand(width, width, device=dev, dtype=dt)
+        hidden = 2  # layer1, layer2 of the 3-hidden-layer MLP: the width x width GEMMs
+
+        def gemms(a=a, wt=wt, n=hidden * chains):
+            for _ in range(n):
+                torch.mm(a, wt)
+
+        ms = _median_ms(gemms)
+        row = [name, f"gemm_floor_fwd_{label}", round(ms, 3), round(3 * ms, 3), ""]
+        print(json.dumps({"row": row}), flush=True)
+        w.writerow(row)
+        f.flush()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prepare", type=Path)
+    ap.add_argument("--run", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("gpu_out"))
+    ap.add_argument("--one", nargs=8)
+    ap.add_argument("--names", default="gpu_w128_v1")
+    ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--budget", type=float, default=400.0)
+    args = ap.parse_args(argv)
+    if args.prepare:
+        prepare(args.prepare)
+    if args.one:
+        folder, name, prec, chunk, block, warps, rows, time_rows = args.one
+        row = one(Path(folder), name, prec, int(chunk), int(block), int(warps), int(rows), int(time_rows))
+        print(json.dumps(row), flush=True)
+    if args.run:
+        configs = list(itertools.product(PRECISIONS, CHUNKS, BLOCKS))
+        configs = [(p, c, b, w) for p, c, (b, w) in configs]
+        if not args.table_only:
+            check(args.run, args.out, args.names.split(","), configs, jobs=args.jobs)
+        table(args.run, args.out, args.names.split(","), budget_s=args.budget)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
