@@ -10,6 +10,7 @@ itself, never a file from a cache) and instantiates the two networks with shared
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import linecache
 import sys
@@ -20,8 +21,8 @@ from typing import Any
 from . import __version__
 from .backends import get_backend
 from .core.ir import IRGraph, format_graph
-from .core.program import Program, make_program
-from .errors import CompileError
+from .core.program import Program, check_precision, make_program
+from .errors import CompileError, SpecError
 from .frontends.spec import NetworkSpec, load_spec
 from .frontends.spec_build import build_integral
 from .runtime.fileio import atomic_write_text  # noqa: F401 - re-exported (the CLI and older callers)
@@ -60,6 +61,9 @@ class CompiledSource:
 def program_from_spec(spec: Any) -> tuple[Program, NetworkSpec]:
     """The YAML frontend: spec (path, YAML text, dict) -> Program."""
     spec = load_spec(spec)
+    if spec.dtype == "float64" and spec.precision != "fp32":
+        why = f"{spec.precision!r} needs dtype float32 (mixed precision keeps parameters and accumulation in float32)"
+        raise SpecError(spec.source, [("precision", why + ", got dtype float64")])
     program = make_program(
         build_integral(spec),
         name=spec.ident,
@@ -67,6 +71,7 @@ def program_from_spec(spec: Any) -> tuple[Program, NetworkSpec]:
         wrt=spec.integrate,
         seed=spec.seed,
         source=spec.source,
+        precision=spec.precision,
     )
     return program, spec
 
@@ -84,12 +89,17 @@ def generate_source(program: Program, backend: str = "torch", **options) -> Comp
     return CompiledSource(program, source, _report(program.integral, program.grad))
 
 
-def compile_source(spec: Any, backend: str | None = None, *, fuse: bool = True) -> CompiledSource:
+def compile_source(
+    spec: Any, backend: str | None = None, *, fuse: bool = True, precision: str | None = None
+) -> CompiledSource:
     """Spec (path, YAML text, dict) -> graphs and generated module source.
 
     ``fuse`` turns the grad network's elementwise regions into fused autograd Functions with
-    sympy-derived backwards (fewer kernels and saved tensors); ``False`` emits one op per node."""
+    sympy-derived backwards (fewer kernels and saved tensors); ``False`` emits one op per node.
+    ``precision`` (``fp32 | tf32 | bf16 | fp16``) overrides the spec's ``precision``."""
     program, spec = program_from_spec(spec)
+    if precision is not None:
+        program = dataclasses.replace(program, precision=check_precision(precision, program.dtype))
     backend = backend or spec.backend
     options = {"fuse": fuse} if backend == "torch" else {}
     cs = generate_source(program, backend, **options)
@@ -239,7 +249,7 @@ class CompiledNetwork:
         if key not in cache:
             wrt = [v for v, k in full.items() for _ in range(k)]
             program = make_program(self.program.integral, name=f"{self.name}_d{''.join(f'{v}{k}' for v, k in key)}",
-                                   dtype=self.program.dtype, wrt=wrt)
+                                   dtype=self.program.dtype, wrt=wrt, precision=self.program.precision)
             cs = generate_source(program, self.backend)
             module = load_module(cs.name, cs.source)
             cache[key] = module.GradNet.from_integral(self.integral)
@@ -296,13 +306,22 @@ def instantiate(cs: CompiledSource, backend: str, *, seed=None, dtype=None, devi
 
 
 def compile(  # noqa: A001 - the package's verb
-    spec: Any, backend: str | None = None, *, seed: int | None = None, dtype=None, device=None, fuse: bool = True
+    spec: Any,
+    backend: str | None = None,
+    *,
+    seed: int | None = None,
+    dtype=None,
+    device=None,
+    fuse: bool = True,
+    precision: str | None = None,
 ):
     """Compile a spec (path, YAML string or dict) into a ``CompiledNetwork``.
 
     ``seed`` (default: the spec's ``seed``) makes the initial weights reproducible; ``dtype`` and
-    ``device`` default to the spec's dtype and the CPU; ``fuse`` see ``compile_source``.
+    ``device`` default to the spec's dtype and the CPU; ``fuse`` see ``compile_source``; ``precision``
+    (``fp32 | tf32 | bf16 | fp16``, default the spec's) the mixed-precision mode of the GEMMs and
+    activations (parameters and accumulation stay float32).
     """
-    cs = compile_source(spec, backend, fuse=fuse)
+    cs = compile_source(spec, backend, fuse=fuse, precision=precision)
     seed = cs.spec.seed if seed is None else seed
     return instantiate(cs, backend or cs.spec.backend, seed=seed, dtype=dtype, device=device)

@@ -38,6 +38,21 @@ sys.path.insert(0, str(HERE))  # triton_bench's helpers, also when run as a plai
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 CHUNKS = (32, 64, 128)
 BLOCKS = ((32, 4), (64, 4), (64, 8), (128, 8))
+#: the configurations the generated modules may run (FUSED_BLOCKS in templates/triton_module.py.j2)
+SAFE_BLOCKS = ((64, 4), (128, 8))
+#: max relative error of a correct kernel against the float32 torch backend: a fault is off by O(1)
+TOLERANCE = {"ieee": 1e-5, "tf32x3": 1e-5, "tf32": 2e-2, "bf16": 5e-2, "fp16": 2e-2}
+
+
+def safe_configs(manifest) -> list:
+    """(name, (precision, chunk, rows, warps)) for what the generated modules may run: every network,
+    tf32x3 / tf32 / bf16, the safe row blocks, 128-column tiles (and 64 for the 128-wide networks)."""
+    out = []
+    for e in manifest:
+        chunks = (64, 128) if e["width"] > 64 else (128,)
+        for prec, chunk, (block, warps) in itertools.product(("tf32x3", "tf32", "bf16"), chunks, SAFE_BLOCKS):
+            out.append((e["name"], (prec, chunk, block, warps)))
+    return out
 
 
 def spec_for(width: int, n_vars: int) -> dict:
@@ -95,7 +110,10 @@ def one(folder: Path, name: str, prec: str, chunk: int, block: int, warps: int, 
     tm = _load(folder / f"{name}_torch.py")
     xm = _load(folder / f"{name}_triton_c{chunk}.py")
     xm.FUSE_NETWORK = True
-    xm.FUSED_FP32_PRECISION = prec
+    if prec in ("bf16", "fp16", "tf32"):
+        xm.PRECISION = prec  # the mixed-precision path, chosen at run time
+    else:
+        xm.FUSED_FP32_PRECISION = prec
     for k in ("_integral_fused_kernel", "_grad_fused_kernel"):
         getattr(xm, k).configs = [triton.Config({"BLOCK_M": block}, num_warps=warps, num_stages=1)]
     torch.manual_seed(0)
@@ -172,13 +190,13 @@ def check(folder: Path, out_dir: Path, names, configs, rows=4099, time_rows=2**2
                 row["error"] = " | ".join(tail)[-600:]
         except subprocess.TimeoutExpired:
             row["error"] = f"timeout after {timeout} s"
-        row["ok"] = "error" not in row and max(row["integral_err"], row["grad_err"]) < 2e-4
+        row["ok"] = "error" not in row and max(row["integral_err"], row["grad_err"]) < TOLERANCE[prec]
         with log.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
         return row
 
-    tasks = [(n, c) for n in names for c in configs]
+    tasks = [(n, c) for n in names for c in configs] if configs is not None else names
     with ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(child, tasks))
 
@@ -199,7 +217,7 @@ def _truth(tm, ref, x):
         return tm.GradNet.from_integral(ref64)(x.double())
 
 
-def table(folder: Path, out_dir: Path, names, rows=2**20, fused=None, budget_s=400.0) -> None:
+def table(folder: Path, out_dir: Path, names, rows=2**20, budget_s=400.0) -> None:
     """Grad forward and training step per method; a CSV/markdown row written as soon as it is measured."""
     import torch
 
@@ -217,22 +235,22 @@ def table(folder: Path, out_dir: Path, names, rows=2**20, fused=None, budget_s=4
     if new:
         w.writerow(["network", "method", "grad_fwd_ms", "train_step_ms", "rel_err_vs_f64"])
     for name in names:
-        if not _table_network(folder, name, rows, fused, w, f, start + budget_s):
+        if not _table_network(folder, name, rows, w, f, start + budget_s):
             break
     f.close()
 
 
-def _table_network(folder: Path, name: str, rows: int, fused, w, f, deadline: float) -> bool:
-    """One network's rows (False: the time budget ran out)."""
+def _table_network(folder: Path, name: str, rows: int, w, f, deadline: float) -> bool:
+    """One network's rows (False: the time budget ran out). The Triton module runs with its generated
+    defaults (whole-network kernel for inference, autotuned among its safe block configurations);
+    its PRECISION is switched at run time for the tf32 / bf16 rows."""
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run under TRITON_INTERPRET=1
-
     manifest = {e["name"]: e for e in json.loads((folder / "manifest.json").read_text())}
     e = manifest[name]
     tm = _load(folder / f"{name}_torch.py")
-    chunk, prec, block, warps = fused.get(name, (64, "tf32x3", 64, 8)) if fused else (64, "tf32x3", 64, 8)
-    xm = _load(folder / f"{name}_triton_c{chunk}.py")
+    xm = _load(folder / f"{name}_triton_c128.py")
     torch.manual_seed(0)
     ref = tm.IntegralNet(device=dev)
     net = xm.IntegralNet(device=dev)
@@ -241,37 +259,23 @@ def _table_network(folder: Path, name: str, rows: int, fused, w, f, deadline: fl
     x = torch.rand(rows, tm.IN_FEATURES, device=dev) * 2 - 1
     target = torch.rand(rows, 1, device=dev)
     truth = _truth(tm, ref, x[: 2**16])
+    net_params, ref_params = list(gnet.parameters()), list(gref.parameters())
 
-    def err(fn):
-        with torch.no_grad():
-            y = fn(x[: 2**16]).double()
-        return ((y - truth).abs().max() / truth.abs().max()).item()
+    def triton(precision, fused=True):
+        def fn(inp):
+            xm.PRECISION, xm.FUSE_NETWORK = precision, fused
+            return gnet(inp)
 
-    def step(fn, params, autocast=None):
-        def run():
-            for p in params:
-                p.grad = None
-            if autocast:
-                with torch.autocast(dev, dtype=autocast):
-                    y = fn(x)
-            else:
-                y = fn(x)
-            ((y.float() - target) ** 2).mean().backward()
+        return fn
+
+    def autocast_bf16(fn):
+        def run(inp):
+            with torch.autocast(dev, dtype=torch.bfloat16):
+                return fn(inp)
 
         return run
 
-    def fwd(fn, autocast=None):
-        def run():
-            with torch.no_grad():
-                if autocast:
-                    with torch.autocast(dev, dtype=autocast):
-                        fn(x)
-                else:
-                    fn(x)
-
-        return run
-
-    def dbl(inp):
+    def double_backward(inp):
         inp = inp.detach().requires_grad_(True)
         out = ref(inp)
         for c in tm.INTEGRATION_COLUMNS:
@@ -279,37 +283,19 @@ def _table_network(folder: Path, name: str, rows: int, fused, w, f, deadline: fl
             out = g[:, c : c + 1]
         return out
 
-    def bf16_compiled():
-        cg = torch.compile(gref)
-
-        def fn(inp):
-            with torch.autocast(dev, dtype=torch.bfloat16):
-                return cg(inp)
-
-        return fn
-
-    def triton_mode(fused_on, tf32):
-        def fn(inp):
-            xm.FUSE_NETWORK, xm.ALLOW_TF32 = fused_on, tf32
-            return gnet(inp)
-
-        return fn
-
-    xm.FUSED_FP32_PRECISION = prec
-    for k in ("_integral_fused_kernel", "_grad_fused_kernel"):
-        getattr(xm, k).configs = [__import__("triton").Config({"BLOCK_M": block}, num_warps=warps, num_stages=1)]
-    methods = [
-        ("triton_fused_fwd_only", lambda: triton_mode(True, False), list(net.parameters()), False),
-        ("triton_layers_fp32", lambda: triton_mode(False, False), list(net.parameters()), True),
-        ("triton_layers_tf32", lambda: triton_mode(False, True), list(net.parameters()), True),
-        ("torch_eager_fp32", lambda: gref, list(ref.parameters()), True),
-        ("torch_compile_fp32", lambda: torch.compile(gref), list(ref.parameters()), True),
-        ("torch_compile_bf16_autocast", bf16_compiled, list(ref.parameters()), True),
-        ("double_backward_fp32", lambda: dbl, list(ref.parameters()), True),
+    methods = [  # (name, make the callable, its parameters)
+        ("triton_fp32", lambda: triton("fp32"), net_params),
+        ("triton_tf32", lambda: triton("tf32"), net_params),
+        ("triton_bf16", lambda: triton("bf16"), net_params),
+        ("triton_layers_fp32", lambda: triton("fp32", fused=False), net_params),
+        ("torch_eager_fp32", lambda: gref, ref_params),
+        ("torch_compile_fp32", lambda: torch.compile(gref), ref_params),
+        ("torch_compile_bf16_autocast", lambda: autocast_bf16(torch.compile(gref)), ref_params),
+        ("double_backward_fp32", lambda: double_backward, ref_params),
     ]
-    if dev == "cpu":  # the dry run: no inductor compiles, bf16 needs a GPU in the Triton interpreter
-        methods = [m for m in methods if "compile" not in m[0]]
-    for method, make, params, trains in methods:
+    if dev == "cpu":  # the dry run: no inductor compiles; bf16 needs a GPU in the Triton interpreter
+        methods = [m for m in methods if "compile" not in m[0] and "bf16" not in m[0]]
+    for method, make, params in methods:
         if time.time() > deadline:
             print("time budget reached: stopping", flush=True)
             return False
@@ -317,26 +303,47 @@ def _table_network(folder: Path, name: str, rows: int, fused, w, f, deadline: fl
         try:
             fn = make()
             t0 = time.time()
-            e_ = err(fn) if method != "double_backward_fp32" else float("nan")
-            first = time.time() - t0
-            g_ms = _median_ms(fwd(fn)) if method != "double_backward_fp32" else _median_ms(lambda fn=fn: fn(x))
-            s_ms = _median_ms(step(fn, params)) if trains else float("nan")
-            row += [round(g_ms, 3), round(s_ms, 3), f"{e_:.2e}"]
-            print(json.dumps({"row": row, "first_call_s": round(first, 1)}), flush=True)
+            if method == "double_backward_fp32":
+                err, fwd_ms = float("nan"), _median_ms(lambda fn=fn: fn(x))
+            else:
+                with torch.no_grad():
+                    y = fn(x[: 2**16]).double()
+                err = ((y - truth).abs().max() / truth.abs().max()).item()
+                first = time.time() - t0
+
+                def fwd(fn=fn):
+                    with torch.no_grad():
+                        fn(x)
+
+                fwd_ms = _median_ms(fwd)
+
+            def step(fn=fn, params=params):
+                for p in params:
+                    p.grad = None
+                ((fn(x).float() - target) ** 2).mean().backward()
+
+            step_ms = _median_ms(step)
+            row += [round(fwd_ms, 3), round(step_ms, 3), f"{err:.2e}"]
+            print(
+                json.dumps(
+                    {"row": row, "first_call_s": round(time.time() - t0 if method.startswith("double") else first, 1)}
+                ),
+                flush=True,
+            )
         except Exception as exc:  # a failure is a result too
             row += ["", "", f"error: {type(exc).__name__}: {str(exc)[:200]}"]
             print(json.dumps({"row": row}), flush=True)
         w.writerow(row)
         f.flush()
+    xm.PRECISION, xm.FUSE_NETWORK = "fp32", True
     # the GEMM floor: the hidden layers' GEMMs alone, once per chain (primal + tangents)
     width, chains = e["width"], 2 ** e["vars"]
     for dt, label in ((torch.float32, "fp32"), (torch.float32, "tf32"), (torch.bfloat16, "bf16")):
         torch.backends.cuda.matmul.allow_tf32 = label == "tf32"
         a = torch.rand(rows, width, device=dev, dtype=dt)
         wt = torch.rand(width, width, device=dev, dtype=dt)
-        hidden = 2  # layer1, layer2 of the 3-hidden-layer MLP: the width x width GEMMs
 
-        def gemms(a=a, wt=wt, n=hidden * chains):
+        def gemms(a=a, wt=wt, n=2 * chains):  # layer1, layer2: the width x width GEMMs of 3 hidden layers
             for _ in range(n):
                 torch.mm(a, wt)
 
@@ -355,7 +362,11 @@ def main(argv=None) -> int:
     ap.add_argument("--run", type=Path)
     ap.add_argument("--out", type=Path, default=Path("gpu_out"))
     ap.add_argument("--one", nargs=8)
-    ap.add_argument("--names", default="gpu_w128_v1")
+    ap.add_argument("--names", default="", help="networks to check (default: every prepared one)")
+    ap.add_argument("--table", default="gpu_w128_v1,gpu_w64_v2,gpu_w128_v2", help="networks to time")
+    ap.add_argument(
+        "--bisect", action="store_true", help="every precision x chunk x block x warps, not just the safe ones"
+    )
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--budget", type=float, default=400.0)
@@ -367,11 +378,15 @@ def main(argv=None) -> int:
         row = one(Path(folder), name, prec, int(chunk), int(block), int(warps), int(rows), int(time_rows))
         print(json.dumps(row), flush=True)
     if args.run:
-        configs = list(itertools.product(PRECISIONS, CHUNKS, BLOCKS))
-        configs = [(p, c, b, w) for p, c, (b, w) in configs]
+        manifest = json.loads((args.run / "manifest.json").read_text())
+        names = args.names.split(",") if args.names else [e["name"] for e in manifest]
+        if args.bisect:
+            tasks = [(n, (p, c, b, w)) for n in names for p, c, (b, w) in itertools.product(PRECISIONS, CHUNKS, BLOCKS)]
+        else:
+            tasks = [task for task in safe_configs(manifest) if task[0] in names]
         if not args.table_only:
-            check(args.run, args.out, args.names.split(","), configs, jobs=args.jobs)
-        table(args.run, args.out, args.names.split(","), budget_s=args.budget)
+            check(args.run, args.out, tasks, None, jobs=args.jobs)
+        table(args.run, args.out, [n for n in args.table.split(",") if n], budget_s=args.budget)
     return 0
 
 

@@ -3,16 +3,18 @@
 # configuration in its own process (CUDA_LAUNCH_BLOCKING=1), a memcheck of the first one that faults
 # (when compute-sanitizer works there), then the timing table; results are written after every row.
 #   make gpu-prepare                      # here (CPU): generate the modules into .gpu/
-#   bash benchmarks/gpu_check.sh [.gpu] [OUT] [networks]
+#   bash benchmarks/gpu_check.sh [.gpu] [OUT] [networks to check, default all]
+# BISECT=1: every precision x chunk x row block x warps (the search that found the 64-row/8-warp fault)
 set -u
 DIR=${1:-.gpu}
 OUT=${2:-${OUT:-gpu_out}}
-NAMES=${3:-gpu_w128_v1}
+NAMES=${3:-}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/device.txt" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/device.txt"
 cat "$OUT/device.txt"
-python3 benchmarks/gpu_check.py --run "$DIR" --out "$OUT" --names "$NAMES" --jobs "${JOBS:-12}" --budget "${TABLE_BUDGET:-150}" &
+python3 benchmarks/gpu_check.py --run "$DIR" --out "$OUT" --names "$NAMES" --jobs "${JOBS:-12}" \
+  --budget "${TABLE_BUDGET:-300}" ${BISECT:+--bisect} &
 main=$!
 # memcheck the first faulting configuration, if any, while the table runs
 ( while kill -0 $main 2>/dev/null && ! grep -q '"error"' "$OUT/check.jsonl" 2>/dev/null; do sleep 5; done

@@ -52,7 +52,7 @@ def _compare(spec, tol, n=20, seed=0, low=-1.0, high=1.0, integrate=False, train
     not) and through the per-layer kernels, then training through the per-layer kernels."""
     tm, xm, src = _pair(spec, **options)
     fused = _record_fused(xm)
-    assert xm.FUSE_NETWORK is bool(options.get("fuse_network", False))
+    assert xm.FUSE_NETWORK is bool(options.get("fuse_network", True))
     xm.FUSE_NETWORK = True  # inference through the whole-network kernels first
     torch.manual_seed(seed)
     ref = tm.IntegralNet()

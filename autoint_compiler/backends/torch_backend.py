@@ -524,4 +524,5 @@ def generate(program, *, version: str, fuse: bool = True) -> str:
         columns=tuple(program.integration_columns),
         grad_title=g.graph.get("title", "d Phi / d" + " d".join(program.wrt)),
         nonsmooth=nonsmooth,
+        precision=program.precision,
     )

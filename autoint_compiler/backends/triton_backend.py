@@ -33,6 +33,7 @@ An op outside ``LOWERINGS`` is a ``CompileError`` naming it. The IR is read only
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass, field
 
@@ -311,7 +312,7 @@ def layer_kernel(name: str, chains: int, bias: tuple[bool, ...], unit: UnitKerne
     ]
     for j in range(chains):
         lines.append(f"        x{j} = tl.load(X{j} + rm * sx{j}m + kk[None, :] * sx{j}k, mask=xmask, other=0.0)")
-        lines.append(f"        acc{j} += tl.dot(x{j}, w, input_precision=PREC, out_dtype=ACC)")
+        lines.append(f"        acc{j} += _dot(x{j}, w, PREC, ACC)")
     lines.append("    mask = (rm < M) & (rn < N)")
     if any(bias):
         lines.append("    b = tl.load(B + rn, mask=rn < N, other=0.0).to(ACC)")
@@ -551,7 +552,7 @@ def generate(
     version: str,
     stack: bool = True,
     allow_tf32: bool = False,
-    fuse_network: bool = False,
+    fuse_network: bool = True,
     fused_chunk: int = triton_fused.CHUNK,
     fused_precision: str = "tf32x3",
     **options,
@@ -563,9 +564,9 @@ def generate(
     TF32 tensor cores on the GPU (about 1e-3 relative error; default: IEEE float32). The module always
     holds one whole-network kernel per network (``triton_fused``, ``fused_chunk`` columns per register
     tile); ``fuse_network`` sets its ``FUSE_NETWORK`` switch, under which inference (autograd not
-    recording) runs them. Off by default: the first GPU measurement (128-wide tiles) was 12-22x slower
-    than the per-layer kernels (``benchmarks/results/triton/README.md``). Training always runs the
-    per-layer kernels."""
+    recording) runs them. On by default: on an H200 they ran the grad network 3x faster than the
+    per-layer kernels and 1.8x faster than ``torch.compile`` of the torch module
+    (``benchmarks/results/gpu/README.md``). Training always runs the per-layer kernels."""
     if fused_precision not in ("tf32x3", "tf32", "ieee"):
         raise CompileError(f"triton backend: fused_precision must be tf32x3, tf32 or ieee, got {fused_precision!r}")
     unknown = sorted(set(options) - {"fuse"})
@@ -605,7 +606,9 @@ def generate(
         units=units,
         layers=layers,
         helpers=[text for name, text in triton_print.HELPERS if name in triton_print.used_helpers(code)],
-        buffer_lines=[line for b in integral.buffers + grad.buffers for line in b.lines()],
+        buffer_lines=[line for b in integral.buffers for line in b.lines()],
+        grad_buffer_lines=[line for b in grad.buffers for line in b.lines()],
+        grad_params=_attributes_read(grad.lines + [grad.result] + fused_calls["grad"], "m", params),
         dtype="torch.float64" if program.dtype == "float64" else "torch.float32",
         in_features=program.in_features,
         out_features=program.out_features,
@@ -617,10 +620,19 @@ def generate(
         stack=stack,
         fuse_network=fuse_network,
         fused_precision=fused_precision,
+        precision=program.precision,
         fused=fused,
         fused_calls=fused_calls,
         fuse_helpers=any(f.lines for f in fused.values()),
     )
+
+
+def _attributes_read(lines: list[str], owner: str, params) -> list[str]:
+    """The parameter attributes of ``owner`` that the grad network's code reads (sorted): GradNet
+    registers exactly these, as the same tensors as IntegralNet's (what DDP and optimizers need)."""
+    names = {p["weight"] for p in params} | {p["bias_attr"] for p in params if p["bias"]}
+    used = set(re.findall(rf"\b{owner}\.(\w+)", "\n".join(lines)))
+    return sorted(used & names)
 
 
 def _fused_call(kernel: triton_fused.FusedKernel) -> list[str]:

@@ -33,9 +33,9 @@ from .sympy_print import split_long
 
 #: columns per register tile by default; a wider value is held as several tiles (chunks), and a layer
 #: multiplies chunk by chunk, so one weight block is CHUNK x CHUNK (a power of two, at least 16).
-#: 64: a 128-wide tf32x3 grad network spills about as little as with 128 (benchmarks/triton_ptxas.py)
-#: in a quarter of the shared memory (32 KiB instead of 128 KiB)
-CHUNK = 64
+#: 128 (one tile up to MAX_WIDTH): on an H200 a 128-wide tf32x3 grad network ran in 3.2 ms at 2^20 rows
+#: with 128-column tiles against 6.4 ms with 64 and 8.0 ms with 32 (benchmarks/results/gpu/README.md)
+CHUNK = 128
 #: the widest value a fused kernel holds. 256 compiles (ptxas, sm_90, tf32x3) in 24 s for a one-chain
 #: network and in more than 10 minutes for a two-variable grad network, spilling 7 KB+ per thread: wider
 #: networks keep the per-layer kernels
@@ -255,7 +255,7 @@ def _layer(w: _Writer, layer, kernels, weight, bias_attr, params) -> None:
             for h, z in zip(hs, zs):
                 op = "=" if i == 0 else "+="
                 if z.batched:
-                    dot = f"tl.dot({h.at(i)}.to({wt}.dtype), {wt}, input_precision=PREC, out_dtype=ACC)"
+                    dot = f"_dot({h.at(i)}, {wt}, PREC, ACC)"
                     w.emit(f"{z.at(j)} {op} {dot}")
                 else:  # a row through the weight: a broadcast product and a reduction
                     w.emit(f"{z.at(j)} {op} tl.sum({h.at(i)}[:, :, None] * {wt}.to(ACC)[None, :, :], axis=1)")

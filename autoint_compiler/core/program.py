@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import CompileError
 from .ir import IRGraph, format_graph
 
 
@@ -26,6 +27,9 @@ class Program:
     seed: int | None = None
     source: str = "<program>"  # where it came from: a spec file, "<module MyNet>", ...
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: GEMM inputs and activations: "fp32" | "tf32" | "bf16" | "fp16"; parameters and accumulation stay
+    #: in ``dtype`` (mixed precision). Not part of the architecture hash (like dtype)
+    precision: str = "fp32"
 
     @property
     def in_features(self) -> int:
@@ -66,13 +70,31 @@ def make_program(
     seed: int | None = None,
     source: str = "<program>",
     meta: dict | None = None,
+    precision: str = "fp32",
 ) -> Program:
     """Φ's IR (from any frontend) -> a linted ``Program`` with its derived grad network."""
     from .differentiate import derive
+
+    check_precision(precision, dtype)
 
     integral.lint()
     wrt = tuple(wrt)
     grad = derive(integral, list(wrt))
     grad.lint()
     inputs = tuple((n, a, b) for n, (a, b) in integral.graph["inputs"].items())
-    return Program(name, integral, grad, dtype, inputs, wrt, seed, source, dict(meta or {}))
+    return Program(name, integral, grad, dtype, inputs, wrt, seed, source, dict(meta or {}), precision)
+
+
+#: the precisions a program may run at (DESIGN.md, "Precision")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+def check_precision(precision, dtype: str = "float32") -> str:
+    """``precision`` validated (a ``CompileError`` naming what is allowed): reduced precision is a
+    float32 feature; a float64 program runs in float64."""
+    if precision not in PRECISIONS:
+        raise CompileError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if dtype == "float64" and precision != "fp32":
+        raise CompileError(f"precision {precision!r} needs dtype float32 (parameters and accumulation in float32), "
+                           "got dtype float64")
+    return precision

@@ -198,6 +198,7 @@ class NetworkSpec(_Strict):
     graph: list[GraphNode] | None = None
     backend: Literal["torch", "triton"] = "torch"
     dtype: Literal["float32", "float64"] = "float32"
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
     init: Literal["default", "siren", "xavier"] = "default"
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     _source: str = PrivateAttr(default="<dict>")  # where it was read from, for errors found later
@@ -260,7 +261,7 @@ class NetworkSpec(_Strict):
         which change neither the parameters' names nor their shapes (a checkpoint made with one seed
         or dtype loads into a network compiled with another)."""
         data = self.model_dump(mode="json", by_alias=True)
-        for key in ("seed", "dtype", "backend"):
+        for key in ("seed", "dtype", "backend", "precision"):
             data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
