@@ -11,7 +11,7 @@ TRITON_SPEC ?= triton==3.8.0
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup demo test bench bench-triton ptxas lint ct oned render clean
+.PHONY: setup demo test bench bench-triton ptxas gpu-prepare gpu-check lint ct oned render clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,14 @@ bench-triton: setup
 
 ptxas: setup
 	$(PY) -m benchmarks.triton_ptxas
+
+# the GPU step: generate the modules here, then run the checks and the timing table (needs CUDA; on a
+# GPU machine with only torch and triton, copy .gpu/ there and run benchmarks/gpu_check.sh)
+gpu-prepare: setup
+	$(PY) -m benchmarks.gpu_check --prepare .gpu
+
+gpu-check: gpu-prepare
+	bash benchmarks/gpu_check.sh .gpu $(OUT)/gpu
 
 oned: setup
 	$(VENV)/bin/autoint-compile train-1d --signal all --out $(OUT)/oned

@@ -106,3 +106,17 @@ def test_every_row_block_at_odd_sizes_and_strided_inputs(chunk):
                 assert_rel_close(net(x), ref(x.contiguous()), 2e-5, f"integral, {rows} rows, block {block}")
                 assert_rel_close(gnet(x), gref(x.contiguous()), 2e-5, f"grad, {rows} rows, block {block}")
     assert sorted(set(launched)) == blocks  # every block really ran through the whole-network kernel
+
+
+def test_too_many_live_columns_keep_the_per_layer_kernels_and_say_why():
+    """Four chains of 128 columns (two integration variables) exceed the register budget measured on
+    the GPU: the grad network keeps the per-layer kernels, Φ (one chain) is still one kernel."""
+    from autoint_compiler.backends.triton_fused import MAX_LIVE_COLUMNS
+
+    wide = {**SPEC, "mlp": {"hidden": [128, 128], "activation": "swish"}}
+    cs = compile_source(wide)
+    src = generate(cs.program, version="test")
+    assert "def _integral_fused_kernel(" in src and "def _grad_fused_kernel(" not in src
+    assert f"4 chains x 128 columns = 512 live columns per row exceed MAX_LIVE_COLUMNS = {MAX_LIVE_COLUMNS}" in src
+    one_var = {**wide, "integrate": ["t"]}  # two chains of 128: within the budget
+    assert "def _grad_fused_kernel(" in generate(compile_source(one_var).program, version="test")

@@ -40,6 +40,11 @@ CHUNK = 128
 #: network and in more than 10 minutes for a two-variable grad network, spilling 7 KB+ per thread: wider
 #: networks keep the per-layer kernels
 MAX_WIDTH = 128
+#: the most columns a layer's chains hold at once per row (chains x width): the register budget. On an
+#: H200 (triton 3.6) two chains of 128 and four of 64 ran 1.6-2.4x faster than torch.compile; four
+#: chains of 128 were slower than torch.compile, and eight of 128 took over 120 s to compile or hit an
+#: illegal instruction (benchmarks/results/gpu/README.md). Wider networks keep the per-layer kernels
+MAX_LIVE_COLUMNS = 256
 
 
 #: op -> how a whole-network kernel computes it (an op without a row: the graph keeps the per-layer kernels)
@@ -166,14 +171,19 @@ class _Writer:
             self.emit(f"{t.at(j)} = tl.load({ptr}{row} + ({base} + {c}) * {stride}, mask={m}, other=0.0).to(ACC)")
 
 
-def plan_fused(g: IRGraph) -> str:
-    """Why ``g`` cannot be one fused kernel ("" when it can)."""
+def plan_fused(g: IRGraph, plan=None) -> str:
+    """Why ``g`` (scheduled by ``plan``, a ``GraphPlan``) cannot be one fused kernel ("" when it can)."""
     missing = sorted({g.op(n) for n in g.order()} - set(LOWERINGS))
     if missing:
         return f"no whole-network lowering for op(s) {', '.join(missing)}"
     widest = max((g.nodes[n]["width"] for n in g.order()), default=1)
     if widest > MAX_WIDTH:
         return f"a value {widest} wide exceeds MAX_WIDTH = {MAX_WIDTH} (registers)"
+    for layer in plan.layers if plan is not None else ():
+        live = len(layer.members) * g.nodes[layer.members[0]]["width"]
+        if live > MAX_LIVE_COLUMNS:
+            return (f"{len(layer.members)} chains x {live // len(layer.members)} columns = {live} live columns per "
+                    f"row exceed MAX_LIVE_COLUMNS = {MAX_LIVE_COLUMNS} (registers)")
     return ""
 
 
@@ -186,7 +196,7 @@ def fused_kernel(
     columns per register tile."""
     if chunk < 16 or chunk & (chunk - 1):
         raise CompileError(f"triton backend: fused_chunk must be a power of two >= 16, got {chunk}")
-    reason = plan_fused(g)
+    reason = plan_fused(g, plan)
     if reason:
         return FusedKernel(name, [], [], reason)
     w = _Writer(g, chunk, buffers)
