@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .backends import get_backend
-from .core.ir import IRGraph, format_graph
+from .core.ir import IRGraph, format_graph, nonsmooth_labels, pointwise_fns
 from .core.program import Program, make_program
 from .errors import CompileError
 from .frontends.spec import NetworkSpec, load_spec
@@ -99,14 +99,8 @@ def compile_source(spec: Any, backend: str | None = None, *, fuse: bool = True) 
 def _report(integral: IRGraph, grad: IRGraph) -> dict[str, Any]:
     # the grad network is derived from every pointwise function of Phi: a kink in Phi's activations is a
     # kink or a jump (or, pruned away, a Dirac delta) in the grad network
-    fns = [
-        (g.attrs(n)["fn"].label, g.attrs(n)["fn"])
-        for g in (integral, grad)
-        for n in g.order()
-        if g.op(n) == "pointwise"
-    ]
-    nonsmooth = sorted({label for label, f in fns if not f.smooth})
-    discontinuous = sorted({label for label, f in fns if not f.continuous})
+    nonsmooth = nonsmooth_labels(integral, grad)
+    discontinuous = sorted({f.label for f in pointwise_fns(integral, grad) if not f.continuous})
     params = sum(p.out * p.inp + (p.out if p.bias else 0) for p in integral.graph["params"].values())
     return {
         "integral_nodes": integral.number_of_nodes(),

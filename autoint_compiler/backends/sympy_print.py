@@ -30,6 +30,18 @@ LIBRARY = {
     "selu": "F.selu({x})",
 }
 
+
+
+def library_call(library: str, **fmt) -> str:
+    """The PyTorch call of a fused library primal (an activation row's ``library`` hint)."""
+    if library not in LIBRARY:
+        raise CompileError(
+            f"torch backend: no PyTorch call for the library function {library!r} (an activation's library= "
+            f"hint): add a row to backends/sympy_print.py: LIBRARY, or drop the hint"
+        )
+    return LIBRARY[library].format(**fmt)
+
+
 #: activations whose JVP  t * f'(x)  is one aten kernel (the kernels autograd itself uses for f)
 LIBRARY_JVP = {
     "silu": "torch.ops.aten.silu_backward({t}, {x})",

@@ -3,8 +3,9 @@
 it reads (the same ``nn.Parameter`` objects: shared, and nothing unused for DDP to wait on). Source
 text only: no torch import here.
 
-Emission is one statement per IR node, in schedule order, looked up in ``LOWER`` (one row per op),
-with these refinements:
+Emission is one statement per IR node, in schedule order, looked up in ``LOWER`` (a row per op that
+is not elementwise, and readable rows for the arithmetic; any other elementwise op is printed from its
+sympy meaning, ``lower_elementwise``), with these refinements:
 - views (input columns, slices, weight columns) are inlined where used, not assigned;
 - expressions are ``Code`` values that know their precedence, so parentheses come from structure;
 - variables take the frontend's node names where they are safe, from a namespace that never shadows
@@ -27,8 +28,9 @@ import sympy as sp
 
 from ..core import activations as A
 from ..core import fusion
-from ..core.ir import IRGraph
+from ..core.ir import IRGraph, nonsmooth_labels
 from ..core.names import is_identifier, param_attribute
+from ..core.ops import ELEMENTWISE_ARITHMETIC, op_def
 from ..errors import CompileError
 from . import param_rows, sympy_print
 from .templating import render
@@ -94,7 +96,7 @@ def _library_rewrites(g: IRGraph, region: fusion.Region):
             fn = A.activation(name)
             d = A.derivative(fn)
             if g.attrs(n)["fn"] in (fn, d):
-                primal[fn.expr.subs(A.x, u)] = sympy_print.LIBRARY[row.library].format(x=u)
+                primal[fn.expr.subs(A.x, u)] = sympy_print.library_call(row.library, x=u)
                 jvp[d.expr.subs(A.x, u)] = (_JVP_FUNCTIONS[row.library], u)
     return primal, jvp
 
@@ -338,9 +340,10 @@ class _Emitter:
                 self.done.update(step.nodes)
             elif step not in self.done:
                 op = g.op(step)
-                if op not in LOWER:
+                lower = LOWER.get(op, lower_elementwise if op in ELEMENTWISE_ARITHMETIC else None)
+                if lower is None:
                     raise CompileError(f"torch backend: no lowering for op {op!r} (node %{step}); add a LOWER row")
-                LOWER[op](self, step, g.attrs(step), [self.ref(i) for i in g.inputs_of(step)])
+                lower(self, step, g.attrs(step), [self.ref(i) for i in g.inputs_of(step)])
                 self.done.add(step)
         (o,) = g.graph["outputs"]
         self.out.result = self.batched_ref(o).text
@@ -399,7 +402,7 @@ class _Emitter:
             # from its expression so they share subexpressions (swish' reuses sigmoid(z) and z*sigmoid(z))
             if fn.library and len(members) == 1:
                 args = {f"a{i}": _f(v) for i, v in enumerate(fn.library_args)}
-                self.assign(m, Code(sympy_print.LIBRARY[fn.library].format(x=var, **args)), fn.label)
+                self.assign(m, Code(sympy_print.library_call(fn.library, x=var, **args)), fn.label)
             else:
                 symbolic.append((m, fn))
         if symbolic:
@@ -447,11 +450,20 @@ def _binary(sym: str, prec: int):
     return lower
 
 
+def lower_elementwise(e: _Emitter, nid, a, r):
+    """Any elementwise op: its sympy meaning (``ops.OpDef.elementwise``) printed over its inputs."""
+    us = [sp.Symbol(f"u{k}", real=True) for k in range(len(r))]
+    expr = op_def(e.g.op(nid)).elementwise(us, a)
+    text, prec = sympy_print.TorchPrinter({u: c.at(ATOM) for u, c in zip(us, r)}).code(expr)
+    e.assign(nid, Code(text, prec))
+
+
 def _set(e: _Emitter, nid: int, code: Code) -> None:
     e.code[nid] = code
 
 
-#: op -> how the torch backend prints it (every op in ops.OPS has a row; tests/test_ops.py checks)
+#: op -> how the torch backend prints it: every op that is not elementwise has a row (an elementwise op
+#: without one is printed by ``lower_elementwise``); tests/test_op_completeness.py runs every op
 LOWER = {
     "input": lambda e, nid, a, r: _set(e, nid, e.columns(a["start"], a["stop"])),
     "constant": lambda e, nid, a, r: _set(e, nid, e.constant(nid)),
@@ -502,9 +514,7 @@ def generate(program, *, version: str, fuse: bool = True) -> str:
     grad = emit_graph(program.grad, pool, fused)
     params = param_rows(program.integral.graph["params"])
     g = program.grad
-    nonsmooth = sorted(
-        {g.attrs(n)["fn"].label for n in g.order() if g.op(n) == "pointwise" and not g.attrs(n)["fn"].smooth}
-    )
+    nonsmooth = nonsmooth_labels(g)
     return render(
         "torch_module.py.j2",
         name=program.name,

@@ -20,12 +20,10 @@ import networkx as nx
 import sympy as sp
 
 from .ir import IRGraph
-from .ops import ELEMENTWISE as _ELEMENTWISE_OPS
-from .ops import OPS
+from .ops import ELEMENTWISE_ARITHMETIC, OPS
 
-#: ops a region may absorb beyond its seed group (pointwise nodes only seed regions, so that every
-#: pointwise group is either wholly inside one region or wholly outside)
-ELEMENTWISE = _ELEMENTWISE_OPS - {"pointwise"}
+# a region absorbs ops.ELEMENTWISE_ARITHMETIC beyond its seed group (pointwise nodes only seed regions,
+# so that every pointwise group is either wholly inside one region or wholly outside)
 #: a region stops growing here: its backward is derived symbolically, whose cost grows fast with size
 #: (higher-order grad networks have long elementwise chains); the rest stays unfused ops
 MAX_REGION_NODES = 12
@@ -154,7 +152,7 @@ def find_regions(g: IRGraph) -> list[Region]:
             if nid in region or nid in taken:
                 continue
             d = g.nodes[nid]
-            if d["op"] not in ELEMENTWISE or d["width"] != width or not d["batched"]:
+            if d["op"] not in ELEMENTWISE_ARITHMETIC or d["width"] != width or not d["batched"]:
                 continue
             ins = d["inputs"]
             if any(g.width(i) != width for i in ins):
