@@ -14,6 +14,7 @@ import textwrap
 import networkx as nx
 import numpy as np
 import pytest
+import sympy as sp
 import torch
 from conftest import REPO_ROOT, ac_compile, ac_inputs, ac_subprocess_env
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +28,7 @@ from autoint_compiler.core import interpret, ir, ops, rules
 from autoint_compiler.core.activations import activation, formula
 from autoint_compiler.core.differentiate import derive
 from autoint_compiler.core.ir import Builder, IRGraph, ParamInfo, format_graph
-from autoint_compiler.core.program import Program
+from autoint_compiler.core.program import Program, make_program
 
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 
@@ -382,3 +383,21 @@ def test_integrate_handles_empty_batches_and_dtype_mixes():
     assert mixed.dtype == torch.float32 and torch.equal(mixed, same)
     with pytest.raises(TypeError, match="floating-point"):
         net.integrate(lo.long(), hi.long())
+
+
+def test_missing_printer_row_is_a_compile_error_naming_the_function(monkeypatch):
+    """An activation whose library= hint has no PyTorch call in sympy_print.LIBRARY: a CompileError
+    naming the function and the table, not a KeyError traceback."""
+    from autoint_compiler.core import activations
+
+    x = activations.x
+    row = activations.ActivationDef(lambda: x * sp.tanh(activations.softplus(x)), library="mish")
+    monkeypatch.setitem(activations.ACTIVATIONS, "mish", row)
+    g = IRGraph()
+    g.graph["params"]["l0"] = ParamInfo(out=3, inp=1, bias=True, weight_bound=0.5, bias_bound=0.5)
+    g.graph["inputs"]["t"] = (0, 1)
+    b = Builder(g)
+    g.graph["outputs"] = [b.sum(b.pointwise(b.linear(b.input("t", 0, 1), "l0"), activation("mish")))]
+    program = make_program(g, name="mish", dtype="float64", wrt=["t"])
+    with pytest.raises(ac.CompileError, match=r"library function 'mish'.*sympy_print\.py: LIBRARY"):
+        torch_backend.generate(program, version="t")
