@@ -264,8 +264,10 @@ def test_interpreter_catches_an_emitter_bug_in_phi(monkeypatch):
 
 def test_field3d_module_is_what_a_person_would_write():
     src = compile_source(REPO_ROOT / "examples" / "field3d.yaml").source
-    # constants by value: the frequency row (in each class) and its negation (the -sin block's factor)
-    assert src.count("register_buffer(") == 3 and src.count('"c0"') == 2 and src.count('"c1"') == 1
+    # constants by value: the frequency row (in each class); its negation (the -sin block's factor) is
+    # written -self.c0, not a second buffer
+    assert src.count("register_buffer(") == 2 and src.count('"c0"') == 2 and '"c1"' not in src
+    assert "* -self.c0" in src
     assert "torch.ones" not in src and ".repeat(" not in src
     assert "self.layer0_weight[:, 0].unsqueeze(0)" in src  # unit column of the first tangent layer
     assert "z0 = F.linear(enc, self.layer0_weight, self.layer0_bias)" in src  # node names kept

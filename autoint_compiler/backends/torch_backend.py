@@ -40,6 +40,10 @@ def _f(v: float) -> str:
     return sympy_print.float_literal(v)
 
 
+#: the longest line the backend writes (ruff's limit for the project is 120: nothing is reflowed)
+LINE = 100
+
+
 @dataclass
 class Buffer:
     name: str
@@ -50,25 +54,9 @@ class Buffer:
         return "[[" + ", ".join(_f(v) for v in self.values) + "]]"
 
     def lines(self) -> list[str]:
-        """``register_buffer`` call, wrapped to stay within the line length."""
-        one = f'self.register_buffer("{self.name}", torch.tensor({self.literal}, **kw), persistent=False)'
-        if len(one) <= 100:
-            return [one]
-        wrapped = textwrap.wrap(", ".join(_f(v) for v in self.values), width=84, break_long_words=False)
-        body = [f"        [{w}" if i == 0 else f"         {w}" for i, w in enumerate(wrapped)]
-        body[-1] += "]"
-        return [
-            "self.register_buffer(",
-            f'    "{self.name}",',
-            "    torch.tensor(",
-            "        [",
-            *["    " + b for b in body],
-            "        ],",
-            "        **kw,",
-            "    ),",
-            "    persistent=False,",
-            ")",
-        ]
+        """The ``register_buffer`` call (inside ``__init__``), laid out as ``ruff format`` writes it."""
+        call = f'self.register_buffer("{self.name}", torch.tensor({self.literal}, **kw), persistent=False)'
+        return sympy_print.layout(None, call, indent=8, limit=LINE)
 
 
 @dataclass
@@ -78,36 +66,27 @@ class Emitted:
     result: str = ""
 
 
-LIBRARY_JVP = sympy_print.LIBRARY_JVP
-_JVP_FUNCTIONS = {name: type(f"{name}_jvp", (sp.Function,), {}) for name in LIBRARY_JVP}
-
-
-def _library_rewrites(g: IRGraph, region: fusion.Region):
-    """For the region's library activations f(z): {f(u_z): library primal code} and {f'(u_z): JVP class}."""
-    primal, jvp = {}, {}
+def _library_primals(g: IRGraph, region: fusion.Region) -> dict[sp.Expr, str]:
+    """The region's library activations f(z) (a lone ``swish`` is ``F.silu``): {f(u_z): library call}."""
+    primal = {}
     sym = dict(zip(region.inputs, region.symbols))
     for n in region.nodes:
         if g.op(n) != "pointwise" or g.inputs_of(n)[0] not in sym:
             continue
-        u = sym[g.inputs_of(n)[0]]
-        for name, row in A.ACTIVATIONS.items():
-            if row.library not in LIBRARY_JVP or row.params:
-                continue
-            fn = A.activation(name)
-            d = A.derivative(fn)
-            if g.attrs(n)["fn"] in (fn, d):
-                primal[fn.expr.subs(A.x, u)] = sympy_print.library_call(row.library, x=u)
-                jvp[d.expr.subs(A.x, u)] = (_JVP_FUNCTIONS[row.library], u)
-    return primal, jvp
+        fn = g.attrs(n)["fn"]
+        if fn.library and not fn.library_args:
+            u = sym[g.inputs_of(n)[0]]
+            primal[fn.expr.subs(A.x, u)] = sympy_print.library_call(fn.library, x=u)
+    return primal
 
 
 class FusedFunctions:
     """One ``torch.autograd.Function`` per distinct fusion-region signature. Its forward and backward
     bodies are plain module-level functions (the *kernels*): the forward prints the region's outputs,
     the backward their sympy-derived vector-Jacobian product; inputs are saved and the rest recomputed,
-    so a region keeps two tensors alive instead of one per op. ``t * f'(z)`` of a library activation
-    is one aten kernel (``silu_backward``...), and ``compile_pointwise()`` in the generated module swaps
-    the kernels for ``torch.compile``d ones while the GEMMs stay eager."""
+    so a region keeps two tensors alive instead of one per op. Only public torch functions are called
+    (no private aten kernels), and ``compile_pointwise()`` in the generated module swaps the kernels for
+    ``torch.compile``d ones, which fuse them, while the GEMMs stay eager."""
 
     def __init__(self):
         self.names: dict[tuple, str] = {}
@@ -133,36 +112,25 @@ class FusedFunctions:
         """Lines computing ``targets[j] = exprs[j]`` (``fixed[j]``: code given as is), sharing temporaries."""
         fixed = fixed or {}
         todo = [j for j in range(len(exprs)) if j not in fixed]
-        temps, codes = sympy_print.print_exprs([exprs[j] for j in todo], names, "t")
+        temps, codes = sympy_print.print_exprs([exprs[j] for j in todo], names, "t", width=LINE - 4 - 3 - 6)
         code = dict(fixed) | dict(zip(todo, codes))
         body = temps + [(targets[j], code[j]) for j in range(len(exprs))]
-        return ["    " + ln for n, c in body for ln in sympy_print.split_long(n, c, limit=100)]
+        return ["    " + ln for n, c in body for ln in sympy_print.layout(n, c, indent=4, limit=LINE)]
 
     @staticmethod
     def _render(name: str, g: IRGraph, region: fusion.Region) -> list[str]:
         outs = fusion.output_exprs(g, region)
         us = region.symbols
         gs = [sp.Symbol(f"g{j}", real=True) for j in range(len(outs))]
-        primal, jvp = _library_rewrites(g, region)
-        grads = fusion.gradient_exprs(outs, us, gs, jvp)
+        primal = _library_primals(g, region)
+        grads = fusion.gradient_exprs(outs, us, gs)
         names = {u: str(u) for u in us}
         names.update({gj: str(gj) for gj in gs})
-        rows = dict(zip(us, region.rows))
-        fixed = {}
-        for j, o in enumerate(outs):
-            if o in primal:
-                fixed[j] = primal[o]
-            elif isinstance(o, sp.Mul) and len(o.args) == 2:
-                for t, d in (o.args, o.args[::-1]):
-                    if t in rows and d in jvp:
-                        cls, z = jvp[d]
-                        tt = f"{t}.expand_as({z})" if rows[t] else str(t)
-                        fixed[j] = sympy_print.to_torch(cls(sp.Symbol(tt), z), {**names, sp.Symbol(tt): tt})
-                        break
+        fixed = {j: primal[o] for j, o in enumerate(outs) if o in primal}
         args = ", ".join(str(u) for u in us)
         gargs = ", ".join(str(x) for x in gs)
         kernel = name.lower()
-        summary = "; ".join(f"o{j} = {A.canonical_key(o)}" for j, o in enumerate(outs))
+        summary = "; ".join(f"o{j} = {o}" for j, o in enumerate(fusion.readable_outputs(g, region)))
         doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96, break_long_words=True)
         outs_list = ", ".join(f"o{j}" for j in range(len(outs)))
         lines = [f"def {kernel}_forward({args}):"]
@@ -173,9 +141,12 @@ class FusedFunctions:
         lines += [f"def {kernel}_backward({args}, {gargs}):"]
         lines += FusedFunctions._body([grads[k] for k in live], names, [f"d{k}" for k in live])
         lines += [f"    return {dlist}" + ("," if len(live) == 1 else ""), "", ""]
-        lines += [f"class {name}(torch.autograd.Function):", f'    """{doc[0]}']
-        lines += [f"    {d}" for d in doc[1:]]
-        lines += ['    """', "", "    @staticmethod", f"    def forward(ctx, {args}):"]
+        lines += [f"class {name}(torch.autograd.Function):"]
+        if len(doc) == 1:
+            lines.append(f'    """{doc[0]}"""')
+        else:
+            lines += [f'    """{doc[0]}'] + [f"    {d}" for d in doc[1:]] + ['    """']
+        lines += ["", "    @staticmethod", f"    def forward(ctx, {args}):"]
         lines.append(f"        ctx.save_for_backward({args})")
         lines.append(f'        return KERNELS["{kernel}_forward"]({args})')
         lines += ["", "    @staticmethod", f"    def backward(ctx, {gargs}):"]
@@ -241,7 +212,8 @@ class Namespace:
 
 
 class ConstantPool:
-    """Constant rows deduplicated by value across both networks: one buffer per distinct value."""
+    """Constant rows deduplicated by value across both networks: one buffer per distinct value, and
+    none for the negation of one (``-self.c0``, not a buffer ``c1`` holding ``-c0``)."""
 
     def __init__(self):
         self.names: dict[tuple[float, ...], str] = {}
@@ -250,6 +222,11 @@ class ConstantPool:
         if values not in self.names:
             self.names[values] = f"c{len(self.names)}"
         return self.names[values]
+
+    def negated(self, values: tuple[float, ...]) -> str | None:
+        """The buffer holding ``-values``, if there is one (and ``values`` has none of its own)."""
+        neg = tuple(-v for v in values)
+        return self.names.get(neg) if values not in self.names and neg != values else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -299,12 +276,20 @@ class _Emitter:
     def assign(self, nid: int, code: Code, comment: str = "") -> None:
         name = self.ns.fresh(self.g.graph.get("names", {}).get(nid), nid)
         self.code[nid] = Code(name)
-        lines = sympy_print.split_long(name, code.text)
+        lines = sympy_print.layout(name, code.text, indent=8, limit=LINE)
         if comment and len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
             lines[0] += f"  # {comment}"
         elif comment and len(comment) <= 100:
             lines.insert(0, f"# {comment}")
         self.out.lines.extend(lines)
+
+    def inline_or_assign(self, nid: int, code: Code) -> None:
+        """A cheap expression read once is written where it is read (``torch.cat([a, -b], 1)``), not
+        given a line of its own (``v18 = -v17``)."""
+        if self.g.out_degree(nid) == 1 and nid not in self.g.graph["outputs"]:
+            self.code[nid] = code
+        else:
+            self.assign(nid, code)
 
     # -- constants ----------------------------------------------------------------------------------
     def _literal_consts(self, nid: int) -> bool:
@@ -327,6 +312,10 @@ class _Emitter:
         if nid in self.literal_ok:
             text = _f(vals[0])
             return Code(text, NEG if text.startswith("-") else ATOM)
+        neg = self.pool.negated(vals)
+        if neg is not None:
+            self.buffers_used[neg] = tuple(-v for v in vals)
+            return Code(f"-self.{neg}", NEG)
         name = self.pool.name(vals)
         self.buffers_used[name] = vals
         return Code(f"self.{name}")
@@ -360,7 +349,7 @@ class _Emitter:
         labels = [self.g.attrs(n)["fn"].label for n in region.nodes if self.g.op(n) == "pointwise"]
         target = ", ".join(outs)
         comment = f"# {', '.join(labels)}"
-        lines = sympy_print.split_long(target, f"{cls}.apply({args})")
+        lines = sympy_print.layout(target, f"{cls}.apply({args})", indent=8, limit=LINE)
         if len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
             lines[0] += "  " + comment
         elif len(comment) <= 100:
@@ -406,10 +395,11 @@ class _Emitter:
             else:
                 symbolic.append((m, fn))
         if symbolic:
-            temps, codes = sympy_print.print_group([fn.expr for _, fn in symbolic], var, f"{var}_")
+            width = LINE - 8 - 3 - max(len(var) + 4, 40)  # 40: the longest name a node is given
+            temps, codes = sympy_print.print_group([fn.expr for _, fn in symbolic], var, f"{var}_", width)
             for name, code in temps:
                 self.ns.used.add(name)
-                self.out.lines.extend(sympy_print.split_long(name, code))
+                self.out.lines.extend(sympy_print.layout(name, code, indent=8, limit=LINE))
             for (m, fn), code in zip(symbolic, codes):
                 self.assign(m, Code(code, ADD), fn.label)
         self.done.update(members)
@@ -474,7 +464,7 @@ LOWER = {
     "add": _binary("+", ADD),
     "sub": _binary("-", ADD),
     "mul": _binary("*", MUL),
-    "neg": lambda e, nid, a, r: e.assign(nid, Code(f"-{r[0].at(NEG)}", NEG)),
+    "neg": lambda e, nid, a, r: e.inline_or_assign(nid, Code(f"-{r[0].at(NEG)}", NEG)),
     "scale": lambda e, nid, a, r: e.assign(nid, Code(f"{_f(a['value'])} * {r[0].at(MUL)}", MUL)),
     "sum": lambda e, nid, a, r: e.assign(nid, Code(f"{r[0].at(ATOM)}.sum(1, keepdim=True)")),
     "expand": lambda e, nid, a, r: e.assign(nid, Code(f"{r[0].at(ATOM)}.expand(-1, {a['out']})")),

@@ -59,6 +59,20 @@ def output_exprs(g: IRGraph, region: Region) -> list[sp.Expr]:
     return [exprs[o] for o in region.outputs]
 
 
+def readable_outputs(g: IRGraph, region: Region) -> list[str]:
+    """The region's outputs as math a person reads: each pointwise function by its label, applied to
+    the input symbols (``swish'(u0)·u1``), not expanded into its sympy expression."""
+    syms = {nid: sp.Symbol(f"u{k}", real=True) for k, nid in enumerate(region.inputs)}
+    exprs: dict[int, sp.Expr] = {}
+    for nid in region.nodes:
+        args = [exprs.get(i, syms.get(i)) for i in g.inputs_of(nid)]
+        if g.op(nid) == "pointwise":
+            exprs[nid] = sp.Function(g.attrs(nid)["fn"].label)(*args)
+        else:
+            exprs[nid] = OPS[g.op(nid)].elementwise(args, g.attrs(nid))
+    return [sp.sstr(exprs[o], order="lex").replace("**", "^").replace("*", "·") for o in region.outputs]
+
+
 def gradient_exprs(outputs: list[sp.Expr], symbols, grads, jvp=None) -> list[sp.Expr]:
     """d(sum_j g_j * out_j)/du_i for each input symbol: the region's backward. ``jvp`` maps a
     derivative expression f'(u_z) to ``(F, u_z)``: a term g * f'(u_z) becomes ``F(g, u_z)`` (a backend
