@@ -10,10 +10,6 @@ itself, never a file from a cache) and instantiates the two networks with shared
 from __future__ import annotations
 
 import builtins
-import hashlib
-import linecache
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +18,10 @@ from .backends import get_backend
 from .core.ir import IRGraph, format_graph, nonsmooth_labels, pointwise_fns
 from .core.program import Program, make_program
 from .errors import CompileError
-from .frontends.spec import NetworkSpec, load_spec
+from .frontends.spec import load_spec
 from .frontends.spec_build import build_integral
 from .runtime.fileio import atomic_write_text  # noqa: F401 - re-exported (the CLI and older callers)
+from .runtime.loader import load_module
 
 
 @dataclass(frozen=True)
@@ -34,7 +31,7 @@ class CompiledSource:
     program: Program
     source: str
     report: dict[str, Any]
-    spec: NetworkSpec | None = None  # the YAML frontend's validated spec (None for other frontends)
+    backend: str = "torch"  # the backend that generated ``source``
 
     @property
     def name(self) -> str:
@@ -57,18 +54,20 @@ class CompiledSource:
         }
 
 
-def program_from_spec(spec: Any) -> tuple[Program, NetworkSpec]:
-    """The YAML frontend: spec (path, YAML text, dict) -> Program."""
+def program_from_spec(spec: Any) -> Program:
+    """The YAML frontend: spec (path, YAML text, dict) -> Program. The spec stays in its frontend:
+    the Program carries what later stages need of it in ``meta`` (``backend``, the spec's default,
+    and ``spec_yaml``, the validated spec as reloadable YAML that run directories keep)."""
     spec = load_spec(spec)
-    program = make_program(
+    return make_program(
         build_integral(spec),
         name=spec.ident,
         dtype=spec.dtype,
         wrt=spec.integrate,
         seed=spec.seed,
         source=spec.source,
+        meta={"backend": spec.backend, "spec_yaml": spec.to_yaml()},
     )
-    return program, spec
 
 
 def generate_source(program: Program, backend: str = "torch", **options) -> CompiledSource:
@@ -81,7 +80,7 @@ def generate_source(program: Program, backend: str = "torch", **options) -> Comp
             f"{backend} backend produced invalid Python for {program.name!r} at line "
             f"{exc.lineno}: {exc.msg}: {(exc.text or '').strip()[:80]}"
         ) from None
-    return CompiledSource(program, source, _report(program.integral, program.grad))
+    return CompiledSource(program, source, _report(program.integral, program.grad), backend)
 
 
 def compile_source(spec: Any, backend: str | None = None, *, fuse: bool = True) -> CompiledSource:
@@ -89,11 +88,9 @@ def compile_source(spec: Any, backend: str | None = None, *, fuse: bool = True) 
 
     ``fuse`` turns the grad network's elementwise regions into fused autograd Functions with
     sympy-derived backwards (fewer kernels and saved tensors); ``False`` emits one op per node."""
-    program, spec = program_from_spec(spec)
-    backend = backend or spec.backend
-    options = {"fuse": fuse} if backend == "torch" else {}
-    cs = generate_source(program, backend, **options)
-    return CompiledSource(cs.program, cs.source, cs.report, spec)
+    program = program_from_spec(spec)
+    backend = backend or program.meta["backend"]
+    return generate_source(program, backend, **({"fuse": fuse} if backend == "torch" else {}))
 
 
 def _report(integral: IRGraph, grad: IRGraph) -> dict[str, Any]:
@@ -128,41 +125,6 @@ def format_report(cs: CompiledSource) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Loading generated source
-# ---------------------------------------------------------------------------------------------------
-
-
-def load_module(name: str, source: str):
-    """Execute generated source as a module named ``autoint_generated.<name>_<digest>``.
-
-    The text itself is compiled and run (no file is imported, so no stale or forged ``.pyc`` can
-    stand in for it, and no cache folder is needed); ``linecache`` holds the text so tracebacks and
-    ``inspect`` show its lines."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    modname = f"autoint_generated.{name}_{digest}"
-    if modname in sys.modules:
-        return sys.modules[modname]
-    filename = f"<autoint_generated/{name}_{digest}.py>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    module = types.ModuleType(modname)
-    module.__file__ = filename
-    sys.modules.setdefault("autoint_generated", _namespace())
-    sys.modules[modname] = module
-    try:
-        exec(builtins.compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated text
-    except BaseException:
-        del sys.modules[modname]
-        raise
-    return module
-
-
-def _namespace():
-    mod = types.ModuleType("autoint_generated")
-    mod.__path__ = []  # a package, so 'autoint_generated.x' names resolve for pickle
-    return mod
-
-
-# ---------------------------------------------------------------------------------------------------
 # The public object
 # ---------------------------------------------------------------------------------------------------
 
@@ -177,7 +139,6 @@ class CompiledNetwork:
     source: str
     module: Any
     report: dict[str, Any] = field(default_factory=dict)
-    spec: NetworkSpec | None = None  # None for a traced nn.Module
     backend: str = "torch"
 
     @property
@@ -286,7 +247,7 @@ def instantiate(cs: CompiledSource, backend: str, *, seed=None, dtype=None, devi
     else:
         integral = module.IntegralNet(**kw)
     grad = module.GradNet.from_integral(integral)
-    return CompiledNetwork(integral, grad, cs.program, cs.source, module, cs.report, cs.spec, backend)
+    return CompiledNetwork(integral, grad, cs.program, cs.source, module, cs.report, backend)
 
 
 def compile(  # noqa: A001 - the package's verb
@@ -298,5 +259,5 @@ def compile(  # noqa: A001 - the package's verb
     ``device`` default to the spec's dtype and the CPU; ``fuse`` see ``compile_source``.
     """
     cs = compile_source(spec, backend, fuse=fuse)
-    seed = cs.spec.seed if seed is None else seed
-    return instantiate(cs, backend or cs.spec.backend, seed=seed, dtype=dtype, device=device)
+    seed = cs.program.seed if seed is None else seed
+    return instantiate(cs, cs.backend, seed=seed, dtype=dtype, device=device)
