@@ -403,3 +403,49 @@ def test_missing_printer_row_is_a_compile_error_naming_the_function(monkeypatch)
     program = make_program(g, name="mish", dtype="float64", wrt=["t"])
     with pytest.raises(ac.CompileError, match=r"library function 'mish'.*sympy_print\.py: LIBRARY"):
         torch_backend.generate(program, version="t")
+
+
+def _module_imports() -> nx.DiGraph:
+    """Module -> module edges of the package's imports at module level (``if TYPE_CHECKING:`` blocks
+    included; imports inside functions are deferred on purpose and left out)."""
+    import ast
+
+    root = REPO_ROOT / "autoint_compiler"
+    mods = {}
+    for p in root.rglob("*.py"):
+        parts = list(p.relative_to(REPO_ROOT).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    g = nx.DiGraph()
+    for name, p in mods.items():
+        pkg = name if p.name == "__init__.py" else name.rsplit(".", 1)[0]
+        todo = list(ast.parse(p.read_text()).body)
+        while todo:
+            node = todo.pop()
+            if isinstance(node, (ast.If, ast.Try)):
+                todo += node.body + node.orelse + getattr(node, "finalbody", [])
+            elif isinstance(node, ast.Import):
+                g.add_edges_from((name, a.name) for a in node.names if a.name in mods)
+            elif isinstance(node, ast.ImportFrom):
+                base = pkg
+                for _ in range(node.level - 1):
+                    base = base.rsplit(".", 1)[0]
+                target = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+                for c in [target] + [f"{target}.{a.name}" for a in node.names]:
+                    if c in mods and c != name:
+                        g.add_edge(name, c)
+    return g
+
+
+def test_the_package_has_no_import_circle():
+    g = _module_imports()
+    assert g.has_edge("autoint_compiler.core.ir", "autoint_compiler.core.ops")  # the walk sees imports
+    cycles = list(nx.simple_cycles(g))
+    assert not cycles, f"import circles: {cycles[:5]}"
+    core = [m for m in g if m.startswith("autoint_compiler.core")]
+    outside = {
+        t
+        for m in core
+        for t in g.successors(m)
+        if not t.startswith(("autoint_compiler.core", "autoint_compiler.errors"))
+    }
+    assert not outside, f"core imports outside core: {sorted(outside)}"
