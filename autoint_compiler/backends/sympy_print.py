@@ -61,7 +61,7 @@ def _float(v) -> str:
 class TablePrinter(StrPrinter):
     """A sympy printer for elementwise code, driven by tables: a target is a subclass that sets
     ``FUNCTIONS`` (sympy function class -> callable), ``SQRT``, ``EXP``, ``STEP``, ``EXPM1_NEG`` and
-    ``JVP`` (fused ``t * f'(x)`` kernels), so a new backend adds a table, not a printer.
+    ``LOG_DOMAIN``, so a new backend adds a table, not a printer.
 
     Deterministic (lexicographically ordered terms and factors), precedence-aware (each piece knows
     its precedence, parentheses come from structure), numbers as float literals; symbols print as
@@ -73,7 +73,6 @@ class TablePrinter(StrPrinter):
     STEP = "step({})"
     EXPM1_NEG = "expm1_neg({})"
     LOG_DOMAIN = "log_domain({})"
-    JVP: dict[str, str] = {}
     TARGET = "generic"
 
     def __init__(self, names: dict[sp.Symbol, str]):
@@ -144,10 +143,6 @@ class TablePrinter(StrPrinter):
             return self.step(e.args[0]), _PREC_ATOM
         if isinstance(e, A.log_domain):  # 1, or NaN where log(u) is NaN
             return self.LOG_DOMAIN.format(self.code(e.args[0])[0]), _PREC_ATOM
-        name = type(e).__name__
-        if name.endswith("_jvp") and name[:-4] in self.JVP:
-            t, z = e.args
-            return self.JVP[name[:-4]].format(t=str(t), x=str(z)), _PREC_ATOM
         fn = self.FUNCTIONS.get(type(e))
         if fn is None:
             raise CompileError(f"no {self.TARGET} printing rule for sympy function {type(e).__name__}")

@@ -73,20 +73,14 @@ def readable_outputs(g: IRGraph, region: Region) -> list[str]:
     return [sp.sstr(exprs[o], order="lex").replace("**", "^").replace("*", "·") for o in region.outputs]
 
 
-def gradient_exprs(outputs: list[sp.Expr], symbols, grads, jvp=None) -> list[sp.Expr]:
-    """d(sum_j g_j * out_j)/du_i for each input symbol: the region's backward. ``jvp`` maps a
-    derivative expression f'(u_z) to ``(F, u_z)``: a term g * f'(u_z) becomes ``F(g, u_z)`` (a backend
-    kernel for the whole product)."""
-    jvp = jvp or {}
+def gradient_exprs(outputs: list[sp.Expr], symbols, grads) -> list[sp.Expr]:
+    """d(sum_j g_j * out_j)/du_i for each input symbol: the region's backward."""
     res = []
     for u in symbols:
         total = sp.Integer(0)
         for gj, out in zip(grads, outputs):
             d = sp.diff(out, u)
-            if d in jvp:
-                cls, z = jvp[d]
-                total += cls(gj, z)
-            elif d != 0:
+            if d != 0:
                 total += gj * d
         total = total.replace(sp.DiracDelta, lambda *args: sp.Integer(0))
         res.append(_readable(sp.factor_terms(total), symbols))  # common factors out; never unstable forms
