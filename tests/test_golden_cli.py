@@ -32,6 +32,8 @@ def test_golden_ir(name, graph):
     if os.environ.get("AUTOINT_UPDATE_GOLDEN"):
         path.write_text(text)
     assert path.is_file(), f"missing golden file {path}; run with AUTOINT_UPDATE_GOLDEN=1 and review the diff"
+    # Φ's IR text is what Program.hash (SPEC_HASH, checked when a checkpoint loads) is made of: a change to
+    # an integral .ir file makes every saved checkpoint of that architecture refuse to load
     assert text == path.read_text(), f"IR of {name} changed; if intended, regenerate with AUTOINT_UPDATE_GOLDEN=1"
 
 

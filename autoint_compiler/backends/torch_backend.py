@@ -28,6 +28,7 @@ import sympy as sp
 
 from ..core import activations as A
 from ..core import fusion
+from ..core.differentiate import orders_of
 from ..core.ir import IRGraph, nonsmooth_labels
 from ..core.names import is_identifier, param_attribute
 from ..core.ops import ELEMENTWISE_ARITHMETIC, op_def
@@ -268,13 +269,28 @@ class _Emitter:
         r = self.ref(nid)
         return r if self.g.nodes[nid]["batched"] else Code(f"{r.at(ATOM)}.expand(x.shape[0], -1)")
 
+    def hint(self, nid: int) -> str | None:
+        """A variable name for a node: the frontend's (graph ``names``), else one that says what it is —
+        ``enc_t`` for the encoding of input ``t``, ``phi`` (``phi_dt``...) for the network's output. The
+        IR itself is not renamed: Φ's printed IR, and so the architecture hash, stay as they are."""
+        g = self.g
+        if nid in g.graph.get("names", {}):
+            return g.graph["names"][nid]
+        if nid in g.graph["outputs"]:
+            orders = orders_of(g.graph.get("wrt", []))
+            return "phi" + "".join(f"_d{v}" + (str(k) if k > 1 else "") for v, k in orders.items())
+        src = g.inputs_of(nid)[0] if g.inputs_of(nid) else None
+        if g.op(nid) == "posenc" and src is not None and g.op(src) == "input":
+            return f"enc_{g.attrs(src)['name']}"
+        return None
+
     def param(self, name: str, part: str) -> str:
         attr = param_attribute(name, part)
         self.params_used.add(attr)
         return f"self.{attr}"
 
     def assign(self, nid: int, code: Code, comment: str = "") -> None:
-        name = self.ns.fresh(self.g.graph.get("names", {}).get(nid), nid)
+        name = self.ns.fresh(self.hint(nid), nid)
         self.code[nid] = Code(name)
         lines = sympy_print.layout(name, code.text, indent=8, limit=LINE)
         if comment and len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
@@ -341,10 +357,9 @@ class _Emitter:
     def _region(self, region: fusion.Region) -> None:
         cls = self.fused.get(self.g, region)
         args = ", ".join(self.ref(i).text for i in region.inputs)
-        names = self.g.graph.get("names", {})
         outs = []
         for o in region.outputs:
-            outs.append(self.ns.fresh(names.get(o), o))
+            outs.append(self.ns.fresh(self.hint(o), o))
             self.code[o] = Code(outs[-1])
         labels = [self.g.attrs(n)["fn"].label for n in region.nodes if self.g.op(n) == "pointwise"]
         target = ", ".join(outs)

@@ -66,8 +66,7 @@ def _build_mlp(spec: NetworkSpec) -> IRGraph:
     features = []
     for name in spec.inputs:
         if enc is not None and name in enc.inputs:
-            pe = b.posenc(inputs[name], posenc_freqs(enc.octaves(name)), enc.include_input)
-            features.append(b.name(pe, f"enc_{name}"))
+            features.append(b.posenc(inputs[name], posenc_freqs(enc.octaves(name)), enc.include_input))
         else:
             features.append(inputs[name])
     encoded = b.concat(features)
@@ -77,7 +76,7 @@ def _build_mlp(spec: NetworkSpec) -> IRGraph:
     h = encoded
     for i, (width, act) in enumerate(zip(mlp.hidden, acts)):
         if i in mlp.skips:
-            h = b.name(b.concat([h, encoded]), f"skip{i}")
+            h = b.concat([h, encoded])
         fn = pointwise_fn(act)
         w0 = getattr(act, "w0", None) or (30.0 if getattr(act, "name", None) == "sine" else None)
         _declare(g, f"layer{i}", width, g.width(h), mlp.bias, spec.init, first=(i == 0), w0=w0)
@@ -86,7 +85,7 @@ def _build_mlp(spec: NetworkSpec) -> IRGraph:
         h = b.name(b.pointwise(z, fn), f"h{i}")
     last_w0 = getattr(acts[-1], "w0", None) or (30.0 if getattr(acts[-1], "name", None) == "sine" else None)
     _declare(g, "out", spec.output, g.width(h), mlp.bias, spec.init, first=False, w0=last_w0)
-    g.graph["outputs"] = [b.name(b.linear(h, "out"), "phi")]
+    g.graph["outputs"] = [b.linear(h, "out")]
     return g
 
 

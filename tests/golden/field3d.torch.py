@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SPEC_HASH = "684f445221f88431"
+SPEC_HASH = "701bf4c15b9691a9"
 IN_FEATURES = 3
 OUT_FEATURES = 1
 INTEGRATION_COLUMNS = (0,)
@@ -178,8 +178,8 @@ class IntegralNet(nn.Module):
         h0 = F.silu(z0)  # swish
         z1 = F.linear(h0, self.layer1_weight, self.layer1_bias)
         h1 = F.silu(z1)  # swish
-        skip2 = torch.cat([h1, enc_t, enc_y], 1)
-        z2 = F.linear(skip2, self.layer2_weight, self.layer2_bias)
+        v9 = torch.cat([h1, enc_t, enc_y], 1)
+        z2 = F.linear(v9, self.layer2_weight, self.layer2_bias)
         h2 = F.silu(z2)  # swish
         z3 = F.linear(h2, self.layer3_weight, self.layer3_bias)
         h3 = F.silu(z3)  # swish
@@ -280,8 +280,8 @@ class GradNet(nn.Module):
         z1 = F.linear(h0, self.layer1_weight, self.layer1_bias)
         z1_dt = F.linear(h0_dt, self.layer1_weight)
         h1, h1_dt = _Fused0.apply(z1, z1_dt)  # swish, swish'
-        skip2 = torch.cat([h1, enc_t, enc_y], 1)
-        z2 = F.linear(skip2, self.layer2_weight, self.layer2_bias)
+        v9 = torch.cat([h1, enc_t, enc_y], 1)
+        z2 = F.linear(v9, self.layer2_weight, self.layer2_bias)
         v28 = F.linear(h1_dt, self.layer2_weight[:, 0:128])
         v30 = F.linear(v20, self.layer2_weight[:, 129:141])
         v31 = v28 + self.layer2_weight[:, 128].unsqueeze(0)
