@@ -11,7 +11,7 @@ TRITON_SPEC ?= triton==3.8.0
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup demo test bench bench-triton ptxas gpu-prepare gpu-check lint ct oned render clean
+.PHONY: setup demo test test-fast golden bench bench-triton ptxas gpu-prepare gpu-check lint ct oned render clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ demo: setup
 # one torch thread per pytest worker: two workers on two cores, no oversubscription
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q -p no:cacheprovider
+
+# the inner loop: everything but the long end-to-end runs (marked @pytest.mark.slow)
+test-fast: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q -p no:cacheprovider -m "not slow"
+
+# regenerate the golden files (IR text and generated torch modules of the core examples); review the diff
+golden: setup
+	AUTOINT_UPDATE_GOLDEN=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_golden_cli.py -k golden
 
 lint: setup
 	$(VENV)/bin/ruff check autoint_compiler tests benchmarks

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import hashlib
-import linecache
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
 from .backends import get_backend
-from .core.ir import IRGraph, format_graph
+from .core.ir import IRGraph, format_graph, nonsmooth_labels, pointwise_fns
 from .core.program import Program, check_precision, make_program
 from .errors import CompileError, SpecError
-from .frontends.spec import NetworkSpec, load_spec
+from .frontends.spec import load_spec
 from .frontends.spec_build import build_integral
 from .runtime.fileio import atomic_write_text  # noqa: F401 - re-exported (the CLI and older callers)
+from .runtime.loader import load_module
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class CompiledSource:
     program: Program
     source: str
     report: dict[str, Any]
-    spec: NetworkSpec | None = None  # the YAML frontend's validated spec (None for other frontends)
+    backend: str = "torch"  # the backend that generated ``source``
 
     @property
     def name(self) -> str:
@@ -58,13 +55,15 @@ class CompiledSource:
         }
 
 
-def program_from_spec(spec: Any) -> tuple[Program, NetworkSpec]:
-    """The YAML frontend: spec (path, YAML text, dict) -> Program."""
+def program_from_spec(spec: Any) -> Program:
+    """The YAML frontend: spec (path, YAML text, dict) -> Program. The spec stays in its frontend:
+    the Program carries what later stages need of it in ``meta`` (``backend``, the spec's default,
+    and ``spec_yaml``, the validated spec as reloadable YAML that run directories keep)."""
     spec = load_spec(spec)
     if spec.dtype == "float64" and spec.precision != "fp32":
         why = f"{spec.precision!r} needs dtype float32 (mixed precision keeps parameters and accumulation in float32)"
         raise SpecError(spec.source, [("precision", why + ", got dtype float64")])
-    program = make_program(
+    return make_program(
         build_integral(spec),
         name=spec.ident,
         dtype=spec.dtype,
@@ -72,8 +71,8 @@ def program_from_spec(spec: Any) -> tuple[Program, NetworkSpec]:
         seed=spec.seed,
         source=spec.source,
         precision=spec.precision,
+        meta={"backend": spec.backend, "spec_yaml": spec.to_yaml()},
     )
-    return program, spec
 
 
 def generate_source(program: Program, backend: str = "torch", **options) -> CompiledSource:
@@ -86,7 +85,7 @@ def generate_source(program: Program, backend: str = "torch", **options) -> Comp
             f"{backend} backend produced invalid Python for {program.name!r} at line "
             f"{exc.lineno}: {exc.msg}: {(exc.text or '').strip()[:80]}"
         ) from None
-    return CompiledSource(program, source, _report(program.integral, program.grad))
+    return CompiledSource(program, source, _report(program.integral, program.grad), backend)
 
 
 def compile_source(
@@ -97,26 +96,18 @@ def compile_source(
     ``fuse`` turns the grad network's elementwise regions into fused autograd Functions with
     sympy-derived backwards (fewer kernels and saved tensors); ``False`` emits one op per node.
     ``precision`` (``fp32 | tf32 | bf16 | fp16``) overrides the spec's ``precision``."""
-    program, spec = program_from_spec(spec)
+    program = program_from_spec(spec)
     if precision is not None:
         program = dataclasses.replace(program, precision=check_precision(precision, program.dtype))
-    backend = backend or spec.backend
-    options = {"fuse": fuse} if backend == "torch" else {}
-    cs = generate_source(program, backend, **options)
-    return CompiledSource(cs.program, cs.source, cs.report, spec)
+    backend = backend or program.meta["backend"]
+    return generate_source(program, backend, **({"fuse": fuse} if backend == "torch" else {}))
 
 
 def _report(integral: IRGraph, grad: IRGraph) -> dict[str, Any]:
     # the grad network is derived from every pointwise function of Phi: a kink in Phi's activations is a
     # kink or a jump (or, pruned away, a Dirac delta) in the grad network
-    fns = [
-        (g.attrs(n)["fn"].label, g.attrs(n)["fn"])
-        for g in (integral, grad)
-        for n in g.order()
-        if g.op(n) == "pointwise"
-    ]
-    nonsmooth = sorted({label for label, f in fns if not f.smooth})
-    discontinuous = sorted({label for label, f in fns if not f.continuous})
+    nonsmooth = nonsmooth_labels(integral, grad)
+    discontinuous = sorted({f.label for f in pointwise_fns(integral, grad) if not f.continuous})
     params = sum(p.out * p.inp + (p.out if p.bias else 0) for p in integral.graph["params"].values())
     return {
         "integral_nodes": integral.number_of_nodes(),
@@ -144,41 +135,6 @@ def format_report(cs: CompiledSource) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Loading generated source
-# ---------------------------------------------------------------------------------------------------
-
-
-def load_module(name: str, source: str):
-    """Execute generated source as a module named ``autoint_generated.<name>_<digest>``.
-
-    The text itself is compiled and run (no file is imported, so no stale or forged ``.pyc`` can
-    stand in for it, and no cache folder is needed); ``linecache`` holds the text so tracebacks and
-    ``inspect`` show its lines."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    modname = f"autoint_generated.{name}_{digest}"
-    if modname in sys.modules:
-        return sys.modules[modname]
-    filename = f"<autoint_generated/{name}_{digest}.py>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    module = types.ModuleType(modname)
-    module.__file__ = filename
-    sys.modules.setdefault("autoint_generated", _namespace())
-    sys.modules[modname] = module
-    try:
-        exec(builtins.compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated text
-    except BaseException:
-        del sys.modules[modname]
-        raise
-    return module
-
-
-def _namespace():
-    mod = types.ModuleType("autoint_generated")
-    mod.__path__ = []  # a package, so 'autoint_generated.x' names resolve for pickle
-    return mod
-
-
-# ---------------------------------------------------------------------------------------------------
 # The public object
 # ---------------------------------------------------------------------------------------------------
 
@@ -193,7 +149,6 @@ class CompiledNetwork:
     source: str
     module: Any
     report: dict[str, Any] = field(default_factory=dict)
-    spec: NetworkSpec | None = None  # None for a traced nn.Module
     backend: str = "torch"
 
     @property
@@ -302,7 +257,7 @@ def instantiate(cs: CompiledSource, backend: str, *, seed=None, dtype=None, devi
     else:
         integral = module.IntegralNet(**kw)
     grad = module.GradNet.from_integral(integral)
-    return CompiledNetwork(integral, grad, cs.program, cs.source, module, cs.report, cs.spec, backend)
+    return CompiledNetwork(integral, grad, cs.program, cs.source, module, cs.report, backend)
 
 
 def compile(  # noqa: A001 - the package's verb
@@ -323,5 +278,5 @@ def compile(  # noqa: A001 - the package's verb
     activations (parameters and accumulation stay float32).
     """
     cs = compile_source(spec, backend, fuse=fuse, precision=precision)
-    seed = cs.spec.seed if seed is None else seed
-    return instantiate(cs, backend or cs.spec.backend, seed=seed, dtype=dtype, device=device)
+    seed = cs.program.seed if seed is None else seed
+    return instantiate(cs, cs.backend, seed=seed, dtype=dtype, device=device)

@@ -57,6 +57,7 @@ def test_higher_orders_skip_or_run(tmp_path):
         assert float(rows["1", m]["max_rel_diff_param_grad"]) < 1e-4
 
 
+@pytest.mark.slow  # a long end-to-end run (make test-fast leaves it out)
 def test_child_process_path(tmp_path):
     """The default path: every configuration in a fresh process (clean heap for the peak-memory reading)."""
     assert B.main(["--quick", "--out", str(tmp_path), "--dims", "1", "--orders", "1", *TINY]) == 0

@@ -14,6 +14,7 @@ import textwrap
 import networkx as nx
 import numpy as np
 import pytest
+import sympy as sp
 import torch
 from conftest import REPO_ROOT, ac_compile, ac_inputs, ac_subprocess_env
 from hypothesis import HealthCheck, given, settings
@@ -23,11 +24,11 @@ from test_rules import OP_ROWS
 import autoint_compiler as ac
 from autoint_compiler.backends import BACKENDS, get_backend, torch_backend, triton_backend
 from autoint_compiler.compiler import compile_source
-from autoint_compiler.core import interpret, ops, rules
+from autoint_compiler.core import interpret, ir, ops, rules
 from autoint_compiler.core.activations import activation, formula
 from autoint_compiler.core.differentiate import derive
 from autoint_compiler.core.ir import Builder, IRGraph, ParamInfo, format_graph
-from autoint_compiler.core.program import Program
+from autoint_compiler.core.program import Program, make_program
 
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 
@@ -35,35 +36,42 @@ EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 # One definition per op, one row per consumer
 # ---------------------------------------------------------------------------------------------------
 
-#: every table that must have a row per op: (what, table, how to add it)
-CONSUMERS = [
-    ("torch backend lowering", torch_backend.LOWER, "a row in backends/torch_backend.py: LOWER"),
-    ("IR interpreter", interpret.EVAL, "a row in interpret.py: EVAL"),
-    ("triton backend lowering", triton_backend.LOWERINGS, "a row in backends/triton_backend.py: LOWERINGS"),
+#: every table keyed by op (an op's lowering or evaluation); tests/test_op_completeness.py RUNS every op
+#: through the interpreter and every backend, so a missing row fails there
+TABLES = [
+    ("torch backend lowering", torch_backend.LOWER),
+    ("IR interpreter", interpret.EVAL),
+    ("triton backend lowering", triton_backend.LOWERINGS),
+    ("triton node lowering", triton_backend.NODE_LOWER),
 ]
 
 
-@pytest.mark.parametrize("op", sorted(ops.OPS))
-def test_every_op_is_complete(op):
-    """Each op has its definition pieces and a row in every consumer; a gap names the op and the piece."""
-    d = ops.OPS[op]
-    missing = []
-    if d.jvp is None:
-        missing.append("a JVP rule (@defjvp in ops.py)")
-    if not d.linear and d.jet is None:
-        missing.append("a Taylor-mode rule for a nonlinear op (@defjet in ops.py)")
-    if d.show is None and d.printed is None and d.attrs:
-        missing.append("a printed form for its attributes (show= in ops.py)")
-    for what, table, how in CONSUMERS:
-        if op not in table:
-            missing.append(f"{what}: {how}")
-    assert not missing, f"op {op!r} lacks: " + "; ".join(missing)
-
-
 def test_consumer_tables_have_no_stale_rows():
-    for what, table, _ in CONSUMERS:
+    for what, table in TABLES:
         assert set(table) <= set(ops.OPS), f"{what} has rows for unknown ops {sorted(set(table) - set(ops.OPS))}"
     assert set(rules.RULES) == set(ops.OPS)
+
+
+def test_one_definition_of_elementwise_and_of_smooth():
+    """Fusion and the Triton backend read ops.ELEMENTWISE; no module defines its own set, and every
+    backend's "not smooth" list is ir.nonsmooth_labels (PointwiseFn.smooth)."""
+    from autoint_compiler.core import fusion
+
+    assert ops.ELEMENTWISE == {n for n, d in ops.OPS.items() if d.elementwise is not None}
+    assert ops.ELEMENTWISE_ARITHMETIC == ops.ELEMENTWISE - {"pointwise"} >= {"add", "sub", "mul", "neg", "scale"}
+    for module in (fusion, triton_backend, torch_backend):
+        assert not hasattr(module, "ELEMENTWISE") or module.ELEMENTWISE is ops.ELEMENTWISE, module.__name__
+    assert set(triton_backend.LOWERINGS) == set(ops.OPS)
+    spec = {"name": "kinks", "inputs": {"t": 1}, "integrate": ["t"], "dtype": "float64", "seed": 0,
+            "graph": [{"name": "l", "op": "linear", "in": ["t"], "out": 3},
+                      {"name": "r", "op": "relu", "in": ["l"]}, {"name": "e", "op": "elu", "in": ["r"]},
+                      {"name": "o", "op": "linear", "in": ["e"], "out": 1}]}  # fmt: skip
+    cs = compile_source(spec)
+    want = ir.nonsmooth_labels(cs.program.grad)
+    assert {"relu", "elu(alpha=1)"} <= set(cs.report["nonsmooth_functions"]) and want
+    for backend in ("torch", "triton"):
+        src = get_backend(backend).generate(cs.program, version="t")
+        assert ", ".join(want) in src, f"{backend}: the module does not list {want} as not smooth"
 
 
 def test_backend_registry_names_modules():
@@ -256,8 +264,10 @@ def test_interpreter_catches_an_emitter_bug_in_phi(monkeypatch):
 
 def test_field3d_module_is_what_a_person_would_write():
     src = compile_source(REPO_ROOT / "examples" / "field3d.yaml").source
-    # constants by value: the frequency row (in each class) and its negation (the -sin block's factor)
-    assert src.count("register_buffer(") == 3 and src.count('"c0"') == 2 and src.count('"c1"') == 1
+    # constants by value: the frequency row (in each class); its negation (the -sin block's factor) is
+    # written -self.c0, not a second buffer
+    assert src.count("register_buffer(") == 2 and src.count('"c0"') == 2 and '"c1"' not in src
+    assert "* -self.c0" in src
     assert "torch.ones" not in src and ".repeat(" not in src
     assert "self.layer0_weight[:, 0].unsqueeze(0)" in src  # unit column of the first tangent layer
     assert "z0 = F.linear(enc, self.layer0_weight, self.layer0_bias)" in src  # node names kept
@@ -375,3 +385,79 @@ def test_integrate_handles_empty_batches_and_dtype_mixes():
     assert mixed.dtype == torch.float32 and torch.equal(mixed, same)
     with pytest.raises(TypeError, match="floating-point"):
         net.integrate(lo.long(), hi.long())
+
+
+def test_missing_printer_row_is_a_compile_error_naming_the_function(monkeypatch):
+    """An activation whose library= hint has no PyTorch call in sympy_print.LIBRARY: a CompileError
+    naming the function and the table, not a KeyError traceback."""
+    from autoint_compiler.core import activations
+
+    x = activations.x
+    row = activations.ActivationDef(lambda: x * sp.tanh(activations.softplus(x)), library="mish")
+    monkeypatch.setitem(activations.ACTIVATIONS, "mish", row)
+    g = IRGraph()
+    g.graph["params"]["l0"] = ParamInfo(out=3, inp=1, bias=True, weight_bound=0.5, bias_bound=0.5)
+    g.graph["inputs"]["t"] = (0, 1)
+    b = Builder(g)
+    g.graph["outputs"] = [b.sum(b.pointwise(b.linear(b.input("t", 0, 1), "l0"), activation("mish")))]
+    program = make_program(g, name="mish", dtype="float64", wrt=["t"])
+    with pytest.raises(ac.CompileError, match=r"library function 'mish'.*sympy_print\.py: LIBRARY"):
+        torch_backend.generate(program, version="t")
+
+
+def _module_imports() -> nx.DiGraph:
+    """Module -> module edges of the package's imports at module level (``if TYPE_CHECKING:`` blocks
+    included; imports inside functions are deferred on purpose and left out)."""
+    import ast
+
+    root = REPO_ROOT / "autoint_compiler"
+    mods = {}
+    for p in root.rglob("*.py"):
+        parts = list(p.relative_to(REPO_ROOT).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    g = nx.DiGraph()
+    for name, p in mods.items():
+        pkg = name if p.name == "__init__.py" else name.rsplit(".", 1)[0]
+        todo = list(ast.parse(p.read_text()).body)
+        while todo:
+            node = todo.pop()
+            if isinstance(node, (ast.If, ast.Try)):
+                todo += node.body + node.orelse + getattr(node, "finalbody", [])
+            elif isinstance(node, ast.Import):
+                g.add_edges_from((name, a.name) for a in node.names if a.name in mods)
+            elif isinstance(node, ast.ImportFrom):
+                base = pkg
+                for _ in range(node.level - 1):
+                    base = base.rsplit(".", 1)[0]
+                target = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+                for c in [target] + [f"{target}.{a.name}" for a in node.names]:
+                    if c in mods and c != name:
+                        g.add_edge(name, c)
+    return g
+
+
+def test_the_package_has_no_import_circle():
+    g = _module_imports()
+    assert g.has_edge("autoint_compiler.core.ir", "autoint_compiler.core.ops")  # the walk sees imports
+    cycles = list(nx.simple_cycles(g))
+    assert not cycles, f"import circles: {cycles[:5]}"
+    core = [m for m in g if m.startswith("autoint_compiler.core")]
+    outside = {
+        t
+        for m in core
+        for t in g.successors(m)
+        if not t.startswith(("autoint_compiler.core", "autoint_compiler.errors"))
+    }
+    assert not outside, f"core imports outside core: {sorted(outside)}"
+
+
+def test_tangents_are_named_after_their_primal():
+    """Generated code reads as the chain rule: h0's tangent along t is h0_dt, its second (Taylor mode)
+    h0_dt2, and the derivative of a tangent along another variable appends it (h0_du_dv)."""
+    phi = compile_source(REPO_ROOT / "examples" / "field3d.yaml").integral_ir
+    names = set(derive(phi, ["t", "t"]).graph["names"].values())
+    assert {"z0_dt", "h0_dt", "z0_dt2", "h0_dt2"} <= names, sorted(names)
+    box = compile_source(REPO_ROOT / "examples" / "box2d.yaml")
+    assert {"h0_du", "h0_dv", "h0_du_dv"} <= set(box.grad_ir.graph["names"].values())
+    assert "h0_du_dv = " in box.source or "h0_du_dv," in box.source
+    assert "return phi_du_dv" in box.source  # the output, named by the backend (Φ's IR keeps no name for it)

@@ -31,6 +31,7 @@ TINY = dict(
 )
 
 
+@pytest.mark.slow  # a long end-to-end run (make test-fast leaves it out)
 def test_tiny_pipeline_beats_nearest_angle_baseline():
     """32x32 phantom, 32 angles, 8x sparser (4 measured angles).
 

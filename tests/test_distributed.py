@@ -112,6 +112,7 @@ def test_sharding_helpers():
     assert not distributed.is_distributed() and distributed.is_main()
 
 
+@pytest.mark.slow  # a long end-to-end run (make test-fast leaves it out)
 def test_torchrun_two_ranks_match_one_process(tmp_path):
     """torchrun --nproc-per-node 2 (gloo): train() through DDP on both ranks, each on half of a
     deterministic global batch, for the integral and the grad network. Both ranks end with identical

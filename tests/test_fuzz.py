@@ -13,8 +13,6 @@ to roughly half a minute on one core (``max_examples`` below).
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -458,7 +456,10 @@ def test_zz_fuzz_report(capsys):
     """Prints how many examples ran (pytest -s shows it); runs last in this file."""
     with capsys.disabled():
         print(f"\nfuzz examples: {COUNTS}")
-    assert not COUNTS or all(v >= 0 for v in COUNTS.values()) or math.isnan(0.0)
+    # where a fuzz test ran, some of its inputs made it all the way (not only rejections)
+    for tried, done in (("dict specs", "dict specs compiled"), ("graphs tried", "graphs compiled and imported")):
+        if COUNTS.get(tried):
+            assert COUNTS.get(done, 0) > 0, f"{COUNTS[tried]} {tried}, not one {done}"
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")

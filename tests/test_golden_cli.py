@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sympy as sp
 
 from autoint_compiler.cli import main
 from autoint_compiler.compiler import compile_source
@@ -29,7 +32,53 @@ def test_golden_ir(name, graph):
     if os.environ.get("AUTOINT_UPDATE_GOLDEN"):
         path.write_text(text)
     assert path.is_file(), f"missing golden file {path}; run with AUTOINT_UPDATE_GOLDEN=1 and review the diff"
+    # Φ's IR text is what Program.hash (SPEC_HASH, checked when a checkpoint loads) is made of: a change to
+    # an integral .ir file makes every saved checkpoint of that architecture refuse to load
     assert text == path.read_text(), f"IR of {name} changed; if intended, regenerate with AUTOINT_UPDATE_GOLDEN=1"
+
+
+@pytest.mark.parametrize("name", CORE_EXAMPLES)
+def test_golden_torch_module(name):
+    """The generated torch module, byte for byte: a change to generated code shows in the diff of
+    tests/golden/<name>.torch.py (regenerate: make golden, i.e. AUTOINT_UPDATE_GOLDEN=1)."""
+    text = compile_source(ROOT / "examples" / f"{name}.yaml").source
+    path = GOLDEN / f"{name}.torch.py"
+    if os.environ.get("AUTOINT_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.is_file(), f"missing golden file {path}; run make golden and review the diff"
+    assert text == path.read_text(), f"generated module of {name} changed; if intended, run make golden"
+
+
+def _ruff() -> str:
+    exe = Path(sys.executable).with_name("ruff")
+    ruff = str(exe) if exe.exists() else shutil.which("ruff")
+    assert ruff, "ruff is not installed (make setup installs it with the test extras)"
+    return ruff
+
+
+#: the project's own lint and format settings, applied to the generated files
+RUFF = ["--isolated", "--no-cache", "--line-length", "120"]
+
+
+def test_generated_torch_modules_are_lint_and_format_clean(tmp_path):
+    """Every example's torch module passes ``ruff check`` (the project's rules) and ``ruff format
+    --check`` unchanged: generated code is reviewed like code."""
+    paths = []
+    for spec in EXAMPLES:
+        cs = compile_source(spec)
+        paths.append(tmp_path / f"{cs.name}.py")
+        paths[-1].write_text(cs.source, encoding="utf-8")
+    ruff = _ruff()
+    check = subprocess.run([ruff, "check", *RUFF, "--select", "E,F,W,I,B", *map(str, paths)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = subprocess.run([ruff, "format", "--check", "--diff", *RUFF, *map(str, paths)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert fmt.returncode == 0, fmt.stdout[-3000:] + fmt.stderr
+    for p in paths:  # no private aten ops, no c1 = -c0 buffers, no t6 = -t3 lines
+        text = p.read_text()
+        assert "torch.ops." not in text, f"{p.name}: calls a private aten op"
+        assert not re.search(r"^\s*\w+ = -\w+$", text, re.M), p.name
 
 
 def test_examples_exist():
@@ -98,10 +147,16 @@ def test_cli_errors_exit_2_with_short_message(tmp_path):
 
 
 def test_cli_rules_lists_every_activation(capsys):
-    from autoint_compiler.core.activations import ACTIVATIONS
+    from autoint_compiler.core.activations import ACTIVATIONS, activation, derivative, sigmoid, x
 
     assert main(["rules"]) == 0
     out = capsys.readouterr().out
-    for name in ACTIVATIONS:
-        assert f"  {name}" in out
-    assert "f' = (x*(1 - sigmoid(x)) + 1)*sigmoid(x)" in out or "sigmoid(x)" in out
+    for name in ACTIVATIONS:  # each activation and the derivative the compiler uses, by name
+        fn = activation(name)
+        assert f"  {name:16s} f = {fn.key}\n  {'':16s} f' = {derivative(fn).key}" in out, name
+    # and the printed derivative is the derivative: swish' = σ(x) (1 + x (1 - σ(x))) at a few points
+    line = out.split(f"  {'swish':16s} f = ")[1].splitlines()[1]
+    d = sp.sympify(line.split("f' = ")[1].split("   (")[0], locals={"sigmoid": sigmoid, "x": x})
+    for v in (-2.0, 0.3, 1.7):
+        s = 1.0 / (1.0 + math.exp(-v))
+        assert abs(float(d.subs(x, v).evalf()) - s * (1 + v * (1 - s))) < 1e-12

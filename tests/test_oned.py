@@ -38,6 +38,7 @@ def test_polynomial_is_autoints():
     ).item() == pytest.approx(-0.57, abs=1e-12)
 
 
+@pytest.mark.slow  # a long end-to-end run (make test-fast leaves it out)
 def test_poly_integral_error_below_threshold():
     """Measured (hidden 32x3, 1,500 steps, 2 cores, seeds 0/1/2): max abs error over 1,000 random
     intervals 8.4e-4 / 1.1e-3 / 7.3e-4, mean 2.9e-4 / 3.8e-4 / 2.0e-4; the untrained network is
@@ -53,6 +54,7 @@ def test_poly_integral_error_below_threshold():
     assert sum(hist.losses[-50:]) < 1e-3 * sum(hist.losses[:50])
 
 
+@pytest.mark.slow  # a long end-to-end run (make test-fast leaves it out)
 def test_gaussians_integral_error_below_threshold():
     """Measured (same settings, seeds 0/1/2): max abs error 9.3e-3 / 1.6e-3 / 4.3e-3. Threshold 2e-2."""
     net, hist, res = oned.fit_signal("gaussians", TrainConfig(**FAST), hidden=(32, 32, 32))

@@ -179,6 +179,7 @@ def test_views_split_and_cameras():
     np.testing.assert_allclose(np.linalg.norm(train.directions.numpy(), axis=-1), 1.0)
 
 
+@pytest.mark.slow  # a long end-to-end run (make test-fast leaves it out)
 def test_short_training_beats_a_constant_colour_image():
     """AutoInt K=8 (sampling network, section loss) on 'blobs' at 16x16, 12 training views, 600 steps.
 

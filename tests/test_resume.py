@@ -195,6 +195,7 @@ def _final_state(run):
     return int(read_metadata(path)["run_step"]), _state(spec)
 
 
+@pytest.mark.slow  # a long end-to-end run (make test-fast leaves it out)
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     """SIGKILL the CLI mid-training, resume with --resume: the same parameters as a run that was never
     interrupted, bit for bit (CPU, one thread); no temporary files left."""
@@ -241,6 +242,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # a long end-to-end run (make test-fast leaves it out)
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to spot the checkpoint's temp file")
 def test_killed_while_writing_a_checkpoint(tmp_path):
     env = ac_subprocess_env(OMP_NUM_THREADS="1")

@@ -63,7 +63,10 @@ def test_graph_form_siren_init_uses_the_sine_w0():
 
 
 def test_hash_covers_the_architecture_not_seed_or_dtype():
-    a = load_spec(dict(BASE, mlp={"hidden": [8]}, seed=1, dtype="float32"))
-    b = load_spec(dict(BASE, mlp={"hidden": [8]}, seed=2, dtype="float64"))
-    c = load_spec(dict(BASE, mlp={"hidden": [9]}, seed=1))
+    """The architecture hash (Program.hash, a network's spec_hash) is the IR of Φ and the variables."""
+    from autoint_compiler.compiler import compile_source
+
+    a = compile_source(dict(BASE, mlp={"hidden": [8]}, seed=1, dtype="float32")).program
+    b = compile_source(dict(BASE, mlp={"hidden": [8]}, seed=2, dtype="float64")).program
+    c = compile_source(dict(BASE, mlp={"hidden": [9]}, seed=1)).program
     assert a.hash == b.hash != c.hash

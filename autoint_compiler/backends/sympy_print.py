@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 
 import sympy as sp
 from sympy.printing.str import StrPrinter
@@ -30,12 +31,16 @@ LIBRARY = {
     "selu": "F.selu({x})",
 }
 
-#: activations whose JVP  t * f'(x)  is one aten kernel (the kernels autograd itself uses for f)
-LIBRARY_JVP = {
-    "silu": "torch.ops.aten.silu_backward({t}, {x})",
-    "gelu": "torch.ops.aten.gelu_backward({t}, {x})",
-    "softplus": "torch.ops.aten.softplus_backward({t}, {x}, 1.0, 20.0)",
-}
+
+def library_call(library: str, **fmt) -> str:
+    """The PyTorch call of a fused library primal (an activation row's ``library`` hint)."""
+    if library not in LIBRARY:
+        raise CompileError(
+            f"torch backend: no PyTorch call for the library function {library!r} (an activation's library= "
+            f"hint): add a row to backends/sympy_print.py: LIBRARY, or drop the hint"
+        )
+    return LIBRARY[library].format(**fmt)
+
 
 _PREC_ADD, _PREC_MUL, _PREC_NEG, _PREC_POW, _PREC_ATOM = 1, 2, 3, 4, 5
 
@@ -56,7 +61,7 @@ def _float(v) -> str:
 class TablePrinter(StrPrinter):
     """A sympy printer for elementwise code, driven by tables: a target is a subclass that sets
     ``FUNCTIONS`` (sympy function class -> callable), ``SQRT``, ``EXP``, ``STEP``, ``EXPM1_NEG`` and
-    ``JVP`` (fused ``t * f'(x)`` kernels), so a new backend adds a table, not a printer.
+    ``LOG_DOMAIN``, so a new backend adds a table, not a printer.
 
     Deterministic (lexicographically ordered terms and factors), precedence-aware (each piece knows
     its precedence, parentheses come from structure), numbers as float literals; symbols print as
@@ -68,7 +73,6 @@ class TablePrinter(StrPrinter):
     STEP = "step({})"
     EXPM1_NEG = "expm1_neg({})"
     LOG_DOMAIN = "log_domain({})"
-    JVP: dict[str, str] = {}
     TARGET = "generic"
 
     def __init__(self, names: dict[sp.Symbol, str]):
@@ -139,10 +143,6 @@ class TablePrinter(StrPrinter):
             return self.step(e.args[0]), _PREC_ATOM
         if isinstance(e, A.log_domain):  # 1, or NaN where log(u) is NaN
             return self.LOG_DOMAIN.format(self.code(e.args[0])[0]), _PREC_ATOM
-        name = type(e).__name__
-        if name.endswith("_jvp") and name[:-4] in self.JVP:
-            t, z = e.args
-            return self.JVP[name[:-4]].format(t=str(t), x=str(z)), _PREC_ATOM
         fn = self.FUNCTIONS.get(type(e))
         if fn is None:
             raise CompileError(f"no {self.TARGET} printing rule for sympy function {type(e).__name__}")
@@ -156,7 +156,7 @@ class TablePrinter(StrPrinter):
 
 
 class TorchPrinter(TablePrinter):
-    """PyTorch: ``torch.*``/``F.*`` calls and aten's fused JVP kernels."""
+    """PyTorch: public ``torch.*``/``F.*`` calls only."""
 
     TARGET = "PyTorch"
     FUNCTIONS = {
@@ -181,7 +181,11 @@ class TorchPrinter(TablePrinter):
     EXP = "torch.exp({})"
     EXPM1_NEG = "torch.expm1(torch.clamp({}, max=0))"
     LOG_DOMAIN = "(0 * torch.log({}) + 1)"
-    JVP = LIBRARY_JVP
+
+    def power(self, base, ex) -> str:
+        b, e = self.wrap(base, _PREC_POW + 1), self.wrap(ex, _PREC_POW + 1)
+        simple = all(re.fullmatch(r"-?([A-Za-z_][A-Za-z_0-9.]*|[0-9.]+)", s) for s in (b, e))
+        return f"{b}**{e}" if simple else f"{b} ** {e}"  # as ruff format writes a power
 
     def step(self, arg) -> str:
         source = self.names[sorted(arg.free_symbols, key=str)[0]]  # the dtype of an input tensor
@@ -193,23 +197,33 @@ def to_torch(expr: sp.Expr, names: dict[sp.Symbol, str]) -> str:
 
 
 def _cse(exprs: list[sp.Expr], prefix: str):
-    """``sympy.cse`` with numeric subexpressions folded back in (a constant is a literal, not a tensor)."""
+    """``sympy.cse`` with numeric subexpressions and negations of one symbol folded back in (a
+    constant is a literal, not a tensor; ``-t3`` is written where it is read, not as ``t6 = -t3``)."""
     replacements, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix, real=True), order="canonical")
-    numeric = {}
+    inline = {}
     kept = []
     for sym, sub in replacements:
-        sub = sub.xreplace(numeric)
-        if sub.is_number:
-            numeric[sym] = sub
+        sub = sub.xreplace(inline)
+        if sub.is_number or _negated_symbol(sub):
+            inline[sym] = sub
         else:
             kept.append((sym, sub))
-    return kept, [r.xreplace(numeric) for r in reduced]
+    # number the temporaries that remain 0, 1, 2, ... (no gaps where one was folded back in)
+    rename = {sym: sp.Symbol(f"{prefix}{k}", real=True) for k, (sym, _) in enumerate(kept)}
+    kept = [(rename[sym], sub.xreplace(rename)) for sym, sub in kept]
+    return kept, [r.xreplace(inline).xreplace(rename) for r in reduced]
 
 
-def print_group(exprs: list[sp.Expr], var: str, prefix: str) -> tuple[list[tuple[str, str]], list[str]]:
+def _negated_symbol(e: sp.Expr) -> bool:
+    return isinstance(e, sp.Mul) and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Symbol
+
+
+def print_group(
+    exprs: list[sp.Expr], var: str, prefix: str, width: int | None = None
+) -> tuple[list[tuple[str, str]], list[str]]:
     """Print expressions of ``x`` (with ``x`` named ``var``): returns the shared temporaries
-    ``[(name, code)]`` and one code string per expression."""
-    return print_exprs(exprs, {A.x: var}, prefix)
+    ``[(name, code)]`` and one code string per expression (each at most ``width`` long, if given)."""
+    return print_exprs(exprs, {A.x: var}, prefix, width=width)
 
 
 def split_long(name: str, code: str, limit: int = 96) -> list[str]:
@@ -282,12 +296,121 @@ def _layout(node: ast.expr, indent: int, limit: int, prefix: str = "", suffix: s
     return [f"{pad}{prefix}{text}{suffix}"]
 
 
-def print_exprs(exprs: list[sp.Expr], names: dict[sp.Symbol, str], prefix: str, printer=TorchPrinter):
-    """Print expressions over named symbols, sharing subexpressions: ``([(temp, code)], [code])``."""
+def print_exprs(
+    exprs: list[sp.Expr], names: dict[sp.Symbol, str], prefix: str, printer=TorchPrinter, width: int | None = None
+):
+    """Print expressions over named symbols, sharing subexpressions: ``([(temp, code)], [code])``.
+    With ``width``, no code is longer than that: a longer expression gets more temporaries (its largest
+    pieces, named in turn), so every statement is one line, as a person would write it."""
     p = printer(names)
     replacements, reduced = _cse(exprs, prefix)
+    if width is not None:
+        replacements, reduced = _fit(replacements, reduced, p, width, prefix)
+        # number the temporaries in the order they are computed
+        rename = {sym: sp.Symbol(f"{prefix}{k}", real=True) for k, (sym, _) in enumerate(replacements)}
+        replacements = [(rename[sym], sub.xreplace(rename)) for sym, sub in replacements]
+        reduced = [r.xreplace(rename) for r in reduced]
     temps = []
     for sym, sub in replacements:
         temps.append((str(sym), p.doprint(sub)))
         p.names[sym] = str(sym)
     return temps, [p.doprint(r) for r in reduced]
+
+
+def _fit(replacements, reduced, p: TablePrinter, width: int, prefix: str):
+    """Split every expression whose printed code is longer than ``width`` by naming its largest piece
+    (or, for a long sum or product of small terms, its first half) as a new temporary, until it fits."""
+    taken = {str(s) for s, _ in replacements} | set(p.names.values())
+    counter = iter(range(len(replacements), 1 << 30))
+    names = dict(p.names)
+
+    def fresh() -> sp.Symbol:
+        while True:
+            sym = sp.Symbol(f"{prefix}{next(counter)}", real=True)
+            if str(sym) not in taken:
+                taken.add(str(sym))
+                return sym
+
+    def length(e) -> int:
+        q = type(p)({**names, **{s: str(s) for s in e.free_symbols if s not in names}})
+        return len(q.doprint(e))
+
+    def shrink(e):
+        out = []
+        while length(e) > width:
+            piece = _piece(e, length, width)
+            if piece is None:
+                break
+            part, rebuild = piece
+            sym = fresh()
+            done, part = shrink(part)
+            out += done + [(sym, part)]
+            names[sym] = str(sym)
+            e = rebuild(sym)
+        return out, e
+
+    temps = []
+    for sym, sub in replacements:
+        done, sub = shrink(sub)
+        temps += done + [(sym, sub)]
+        names[sym] = str(sym)
+    fitted = []
+    for r in reduced:
+        done, r = shrink(r)
+        temps += done
+        fitted.append(r)
+    return temps, fitted
+
+
+def _piece(e: sp.Expr, length, width: int):
+    """(the piece of ``e`` to name, how to rebuild ``e`` from its symbol), or None if ``e`` has none."""
+    args = list(
+        e.as_ordered_terms() if isinstance(e, sp.Add) else e.as_ordered_factors() if isinstance(e, sp.Mul) else e.args
+    )
+    if not args:
+        return None
+    compound = [a for a in args if not a.is_Atom]
+    biggest = max(compound, key=length, default=None)
+    if isinstance(e, (sp.Add, sp.Mul)) and len(args) > 2 and (biggest is None or length(biggest) < width // 2):
+        half = args[: len(args) // 2]
+        rest = args[len(args) // 2 :]
+        return e.func(*half), lambda s: e.func(s, *rest)
+    if biggest is None:
+        return None
+    return biggest, lambda s: e.xreplace({biggest: s})
+
+
+def layout(target: str | None, code: str, indent: int, limit: int = 100) -> list[str]:
+    """``target = code`` (or the expression statement ``code``) as lines, without the ``indent`` they
+    will get, that ``ruff format`` keeps as they are: one line if it fits within ``limit``, else a
+    call's arguments one per line with a trailing comma (recursively, for an argument that is itself a
+    long call or list). Any other long expression falls back to ``split_long``; generated code avoids
+    those (``print_exprs(width=...)`` names pieces of long expressions instead)."""
+    prefix = "" if target is None else f"{target} = "
+    if indent + len(prefix) + len(code) <= limit:
+        return [prefix + code]
+    node = ast.parse(code, mode="eval").body
+    if not isinstance(node, ast.Call):
+        return split_long(target or "_", code, limit - indent)
+    return _exploded(node, code, indent, limit, prefix, "")
+
+
+def _exploded(node: ast.expr, code: str, indent: int, limit: int, prefix: str, suffix: str, pad: int = 0) -> list[str]:
+    text = ast.get_source_segment(code, node)
+    sp_ = " " * pad
+    if indent + pad + len(prefix) + len(text) + len(suffix) <= limit or not isinstance(node, (ast.Call, ast.List)):
+        return [f"{sp_}{prefix}{text}{suffix}"]
+    if isinstance(node, ast.List):
+        out = [f"{sp_}{prefix}["]
+        if len(node.elts) == 1:  # a lone element: ruff writes no trailing comma
+            out += _exploded(node.elts[0], code, indent, limit, "", "", pad + 4)
+        else:
+            for elt in node.elts:
+                out += _exploded(elt, code, indent, limit, "", ",", pad + 4)
+        return out + [f"{sp_}]{suffix}"]
+    out = [f"{sp_}{prefix}{ast.get_source_segment(code, node.func)}("]
+    for arg in node.args:
+        out += _exploded(arg, code, indent, limit, "", ",", pad + 4)
+    for kw in node.keywords:
+        out += _exploded(kw.value, code, indent, limit, f"{kw.arg}=" if kw.arg else "**", ",", pad + 4)
+    return out + [f"{sp_}){suffix}"]

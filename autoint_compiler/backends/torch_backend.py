@@ -3,8 +3,9 @@
 it reads (the same ``nn.Parameter`` objects: shared, and nothing unused for DDP to wait on). Source
 text only: no torch import here.
 
-Emission is one statement per IR node, in schedule order, looked up in ``LOWER`` (one row per op),
-with these refinements:
+Emission is one statement per IR node, in schedule order, looked up in ``LOWER`` (a row per op that
+is not elementwise, and readable rows for the arithmetic; any other elementwise op is printed from its
+sympy meaning, ``lower_elementwise``), with these refinements:
 - views (input columns, slices, weight columns) are inlined where used, not assigned;
 - expressions are ``Code`` values that know their precedence, so parentheses come from structure;
 - variables take the frontend's node names where they are safe, from a namespace that never shadows
@@ -27,8 +28,10 @@ import sympy as sp
 
 from ..core import activations as A
 from ..core import fusion
-from ..core.ir import IRGraph
+from ..core.differentiate import orders_of
+from ..core.ir import IRGraph, nonsmooth_labels
 from ..core.names import is_identifier, param_attribute
+from ..core.ops import ELEMENTWISE_ARITHMETIC, op_def
 from ..errors import CompileError
 from . import param_rows, sympy_print
 from .templating import render
@@ -36,6 +39,10 @@ from .templating import render
 
 def _f(v: float) -> str:
     return sympy_print.float_literal(v)
+
+
+#: the longest line the backend writes (ruff's limit for the project is 120: nothing is reflowed)
+LINE = 100
 
 
 @dataclass
@@ -48,25 +55,9 @@ class Buffer:
         return "[[" + ", ".join(_f(v) for v in self.values) + "]]"
 
     def lines(self) -> list[str]:
-        """``register_buffer`` call, wrapped to stay within the line length."""
-        one = f'self.register_buffer("{self.name}", torch.tensor({self.literal}, **kw), persistent=False)'
-        if len(one) <= 100:
-            return [one]
-        wrapped = textwrap.wrap(", ".join(_f(v) for v in self.values), width=84, break_long_words=False)
-        body = [f"        [{w}" if i == 0 else f"         {w}" for i, w in enumerate(wrapped)]
-        body[-1] += "]"
-        return [
-            "self.register_buffer(",
-            f'    "{self.name}",',
-            "    torch.tensor(",
-            "        [",
-            *["    " + b for b in body],
-            "        ],",
-            "        **kw,",
-            "    ),",
-            "    persistent=False,",
-            ")",
-        ]
+        """The ``register_buffer`` call (inside ``__init__``), laid out as ``ruff format`` writes it."""
+        call = f'self.register_buffer("{self.name}", torch.tensor({self.literal}, **kw), persistent=False)'
+        return sympy_print.layout(None, call, indent=8, limit=LINE)
 
 
 @dataclass
@@ -76,36 +67,27 @@ class Emitted:
     result: str = ""
 
 
-LIBRARY_JVP = sympy_print.LIBRARY_JVP
-_JVP_FUNCTIONS = {name: type(f"{name}_jvp", (sp.Function,), {}) for name in LIBRARY_JVP}
-
-
-def _library_rewrites(g: IRGraph, region: fusion.Region):
-    """For the region's library activations f(z): {f(u_z): library primal code} and {f'(u_z): JVP class}."""
-    primal, jvp = {}, {}
+def _library_primals(g: IRGraph, region: fusion.Region) -> dict[sp.Expr, str]:
+    """The region's library activations f(z) (a lone ``swish`` is ``F.silu``): {f(u_z): library call}."""
+    primal = {}
     sym = dict(zip(region.inputs, region.symbols))
     for n in region.nodes:
         if g.op(n) != "pointwise" or g.inputs_of(n)[0] not in sym:
             continue
-        u = sym[g.inputs_of(n)[0]]
-        for name, row in A.ACTIVATIONS.items():
-            if row.library not in LIBRARY_JVP or row.params:
-                continue
-            fn = A.activation(name)
-            d = A.derivative(fn)
-            if g.attrs(n)["fn"] in (fn, d):
-                primal[fn.expr.subs(A.x, u)] = sympy_print.LIBRARY[row.library].format(x=u)
-                jvp[d.expr.subs(A.x, u)] = (_JVP_FUNCTIONS[row.library], u)
-    return primal, jvp
+        fn = g.attrs(n)["fn"]
+        if fn.library and not fn.library_args:
+            u = sym[g.inputs_of(n)[0]]
+            primal[fn.expr.subs(A.x, u)] = sympy_print.library_call(fn.library, x=u)
+    return primal
 
 
 class FusedFunctions:
     """One ``torch.autograd.Function`` per distinct fusion-region signature. Its forward and backward
     bodies are plain module-level functions (the *kernels*): the forward prints the region's outputs,
     the backward their sympy-derived vector-Jacobian product; inputs are saved and the rest recomputed,
-    so a region keeps two tensors alive instead of one per op. ``t * f'(z)`` of a library activation
-    is one aten kernel (``silu_backward``...), and ``compile_pointwise()`` in the generated module swaps
-    the kernels for ``torch.compile``d ones while the GEMMs stay eager."""
+    so a region keeps two tensors alive instead of one per op. Only public torch functions are called
+    (no private aten kernels), and ``compile_pointwise()`` in the generated module swaps the kernels for
+    ``torch.compile``d ones, which fuse them, while the GEMMs stay eager."""
 
     def __init__(self):
         self.names: dict[tuple, str] = {}
@@ -131,36 +113,25 @@ class FusedFunctions:
         """Lines computing ``targets[j] = exprs[j]`` (``fixed[j]``: code given as is), sharing temporaries."""
         fixed = fixed or {}
         todo = [j for j in range(len(exprs)) if j not in fixed]
-        temps, codes = sympy_print.print_exprs([exprs[j] for j in todo], names, "t")
+        temps, codes = sympy_print.print_exprs([exprs[j] for j in todo], names, "t", width=LINE - 4 - 3 - 6)
         code = dict(fixed) | dict(zip(todo, codes))
         body = temps + [(targets[j], code[j]) for j in range(len(exprs))]
-        return ["    " + ln for n, c in body for ln in sympy_print.split_long(n, c, limit=100)]
+        return ["    " + ln for n, c in body for ln in sympy_print.layout(n, c, indent=4, limit=LINE)]
 
     @staticmethod
     def _render(name: str, g: IRGraph, region: fusion.Region) -> list[str]:
         outs = fusion.output_exprs(g, region)
         us = region.symbols
         gs = [sp.Symbol(f"g{j}", real=True) for j in range(len(outs))]
-        primal, jvp = _library_rewrites(g, region)
-        grads = fusion.gradient_exprs(outs, us, gs, jvp)
+        primal = _library_primals(g, region)
+        grads = fusion.gradient_exprs(outs, us, gs)
         names = {u: str(u) for u in us}
         names.update({gj: str(gj) for gj in gs})
-        rows = dict(zip(us, region.rows))
-        fixed = {}
-        for j, o in enumerate(outs):
-            if o in primal:
-                fixed[j] = primal[o]
-            elif isinstance(o, sp.Mul) and len(o.args) == 2:
-                for t, d in (o.args, o.args[::-1]):
-                    if t in rows and d in jvp:
-                        cls, z = jvp[d]
-                        tt = f"{t}.expand_as({z})" if rows[t] else str(t)
-                        fixed[j] = sympy_print.to_torch(cls(sp.Symbol(tt), z), {**names, sp.Symbol(tt): tt})
-                        break
+        fixed = {j: primal[o] for j, o in enumerate(outs) if o in primal}
         args = ", ".join(str(u) for u in us)
         gargs = ", ".join(str(x) for x in gs)
         kernel = name.lower()
-        summary = "; ".join(f"o{j} = {A.canonical_key(o)}" for j, o in enumerate(outs))
+        summary = "; ".join(f"o{j} = {o}" for j, o in enumerate(fusion.readable_outputs(g, region)))
         doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96, break_long_words=True)
         outs_list = ", ".join(f"o{j}" for j in range(len(outs)))
         lines = [f"def {kernel}_forward({args}):"]
@@ -171,9 +142,12 @@ class FusedFunctions:
         lines += [f"def {kernel}_backward({args}, {gargs}):"]
         lines += FusedFunctions._body([grads[k] for k in live], names, [f"d{k}" for k in live])
         lines += [f"    return {dlist}" + ("," if len(live) == 1 else ""), "", ""]
-        lines += [f"class {name}(torch.autograd.Function):", f'    """{doc[0]}']
-        lines += [f"    {d}" for d in doc[1:]]
-        lines += ['    """', "", "    @staticmethod", f"    def forward(ctx, {args}):"]
+        lines += [f"class {name}(torch.autograd.Function):"]
+        if len(doc) == 1:
+            lines.append(f'    """{doc[0]}"""')
+        else:
+            lines += [f'    """{doc[0]}'] + [f"    {d}" for d in doc[1:]] + ['    """']
+        lines += ["", "    @staticmethod", f"    def forward(ctx, {args}):"]
         lines.append(f"        ctx.save_for_backward({args})")
         lines.append(f'        return KERNELS["{kernel}_forward"]({args})')
         lines += ["", "    @staticmethod", f"    def backward(ctx, {gargs}):"]
@@ -239,7 +213,8 @@ class Namespace:
 
 
 class ConstantPool:
-    """Constant rows deduplicated by value across both networks: one buffer per distinct value."""
+    """Constant rows deduplicated by value across both networks: one buffer per distinct value, and
+    none for the negation of one (``-self.c0``, not a buffer ``c1`` holding ``-c0``)."""
 
     def __init__(self):
         self.names: dict[tuple[float, ...], str] = {}
@@ -248,6 +223,11 @@ class ConstantPool:
         if values not in self.names:
             self.names[values] = f"c{len(self.names)}"
         return self.names[values]
+
+    def negated(self, values: tuple[float, ...]) -> str | None:
+        """The buffer holding ``-values``, if there is one (and ``values`` has none of its own)."""
+        neg = tuple(-v for v in values)
+        return self.names.get(neg) if values not in self.names and neg != values else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,20 +269,43 @@ class _Emitter:
         r = self.ref(nid)
         return r if self.g.nodes[nid]["batched"] else Code(f"{r.at(ATOM)}.expand(x.shape[0], -1)")
 
+    def hint(self, nid: int) -> str | None:
+        """A variable name for a node: the frontend's (graph ``names``), else one that says what it is —
+        ``enc_t`` for the encoding of input ``t``, ``phi`` (``phi_dt``...) for the network's output. The
+        IR itself is not renamed: Φ's printed IR, and so the architecture hash, stay as they are."""
+        g = self.g
+        if nid in g.graph.get("names", {}):
+            return g.graph["names"][nid]
+        if nid in g.graph["outputs"]:
+            orders = orders_of(g.graph.get("wrt", []))
+            return "phi" + "".join(f"_d{v}" + (str(k) if k > 1 else "") for v, k in orders.items())
+        src = g.inputs_of(nid)[0] if g.inputs_of(nid) else None
+        if g.op(nid) == "posenc" and src is not None and g.op(src) == "input":
+            return f"enc_{g.attrs(src)['name']}"
+        return None
+
     def param(self, name: str, part: str) -> str:
         attr = param_attribute(name, part)
         self.params_used.add(attr)
         return f"self.{attr}"
 
     def assign(self, nid: int, code: Code, comment: str = "") -> None:
-        name = self.ns.fresh(self.g.graph.get("names", {}).get(nid), nid)
+        name = self.ns.fresh(self.hint(nid), nid)
         self.code[nid] = Code(name)
-        lines = sympy_print.split_long(name, code.text)
+        lines = sympy_print.layout(name, code.text, indent=8, limit=LINE)
         if comment and len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
             lines[0] += f"  # {comment}"
         elif comment and len(comment) <= 100:
             lines.insert(0, f"# {comment}")
         self.out.lines.extend(lines)
+
+    def inline_or_assign(self, nid: int, code: Code) -> None:
+        """A cheap expression read once is written where it is read (``torch.cat([a, -b], 1)``), not
+        given a line of its own (``v18 = -v17``)."""
+        if self.g.out_degree(nid) == 1 and nid not in self.g.graph["outputs"]:
+            self.code[nid] = code
+        else:
+            self.assign(nid, code)
 
     # -- constants ----------------------------------------------------------------------------------
     def _literal_consts(self, nid: int) -> bool:
@@ -325,6 +328,10 @@ class _Emitter:
         if nid in self.literal_ok:
             text = _f(vals[0])
             return Code(text, NEG if text.startswith("-") else ATOM)
+        neg = self.pool.negated(vals)
+        if neg is not None:
+            self.buffers_used[neg] = tuple(-v for v in vals)
+            return Code(f"-self.{neg}", NEG)
         name = self.pool.name(vals)
         self.buffers_used[name] = vals
         return Code(f"self.{name}")
@@ -338,9 +345,10 @@ class _Emitter:
                 self.done.update(step.nodes)
             elif step not in self.done:
                 op = g.op(step)
-                if op not in LOWER:
+                lower = LOWER.get(op, lower_elementwise if op in ELEMENTWISE_ARITHMETIC else None)
+                if lower is None:
                     raise CompileError(f"torch backend: no lowering for op {op!r} (node %{step}); add a LOWER row")
-                LOWER[op](self, step, g.attrs(step), [self.ref(i) for i in g.inputs_of(step)])
+                lower(self, step, g.attrs(step), [self.ref(i) for i in g.inputs_of(step)])
                 self.done.add(step)
         (o,) = g.graph["outputs"]
         self.out.result = self.batched_ref(o).text
@@ -349,15 +357,14 @@ class _Emitter:
     def _region(self, region: fusion.Region) -> None:
         cls = self.fused.get(self.g, region)
         args = ", ".join(self.ref(i).text for i in region.inputs)
-        names = self.g.graph.get("names", {})
         outs = []
         for o in region.outputs:
-            outs.append(self.ns.fresh(names.get(o), o))
+            outs.append(self.ns.fresh(self.hint(o), o))
             self.code[o] = Code(outs[-1])
         labels = [self.g.attrs(n)["fn"].label for n in region.nodes if self.g.op(n) == "pointwise"]
         target = ", ".join(outs)
         comment = f"# {', '.join(labels)}"
-        lines = sympy_print.split_long(target, f"{cls}.apply({args})")
+        lines = sympy_print.layout(target, f"{cls}.apply({args})", indent=8, limit=LINE)
         if len(lines) == 1 and len(lines[0]) + len(comment) <= 98:
             lines[0] += "  " + comment
         elif len(comment) <= 100:
@@ -399,14 +406,15 @@ class _Emitter:
             # from its expression so they share subexpressions (swish' reuses sigmoid(z) and z*sigmoid(z))
             if fn.library and len(members) == 1:
                 args = {f"a{i}": _f(v) for i, v in enumerate(fn.library_args)}
-                self.assign(m, Code(sympy_print.LIBRARY[fn.library].format(x=var, **args)), fn.label)
+                self.assign(m, Code(sympy_print.library_call(fn.library, x=var, **args)), fn.label)
             else:
                 symbolic.append((m, fn))
         if symbolic:
-            temps, codes = sympy_print.print_group([fn.expr for _, fn in symbolic], var, f"{var}_")
+            width = LINE - 8 - 3 - max(len(var) + 4, 40)  # 40: the longest name a node is given
+            temps, codes = sympy_print.print_group([fn.expr for _, fn in symbolic], var, f"{var}_", width)
             for name, code in temps:
                 self.ns.used.add(name)
-                self.out.lines.extend(sympy_print.split_long(name, code))
+                self.out.lines.extend(sympy_print.layout(name, code, indent=8, limit=LINE))
             for (m, fn), code in zip(symbolic, codes):
                 self.assign(m, Code(code, ADD), fn.label)
         self.done.update(members)
@@ -447,11 +455,20 @@ def _binary(sym: str, prec: int):
     return lower
 
 
+def lower_elementwise(e: _Emitter, nid, a, r):
+    """Any elementwise op: its sympy meaning (``ops.OpDef.elementwise``) printed over its inputs."""
+    us = [sp.Symbol(f"u{k}", real=True) for k in range(len(r))]
+    expr = op_def(e.g.op(nid)).elementwise(us, a)
+    text, prec = sympy_print.TorchPrinter({u: c.at(ATOM) for u, c in zip(us, r)}).code(expr)
+    e.assign(nid, Code(text, prec))
+
+
 def _set(e: _Emitter, nid: int, code: Code) -> None:
     e.code[nid] = code
 
 
-#: op -> how the torch backend prints it (every op in ops.OPS has a row; tests/test_ops.py checks)
+#: op -> how the torch backend prints it: every op that is not elementwise has a row (an elementwise op
+#: without one is printed by ``lower_elementwise``); tests/test_op_completeness.py runs every op
 LOWER = {
     "input": lambda e, nid, a, r: _set(e, nid, e.columns(a["start"], a["stop"])),
     "constant": lambda e, nid, a, r: _set(e, nid, e.constant(nid)),
@@ -462,7 +479,7 @@ LOWER = {
     "add": _binary("+", ADD),
     "sub": _binary("-", ADD),
     "mul": _binary("*", MUL),
-    "neg": lambda e, nid, a, r: e.assign(nid, Code(f"-{r[0].at(NEG)}", NEG)),
+    "neg": lambda e, nid, a, r: e.inline_or_assign(nid, Code(f"-{r[0].at(NEG)}", NEG)),
     "scale": lambda e, nid, a, r: e.assign(nid, Code(f"{_f(a['value'])} * {r[0].at(MUL)}", MUL)),
     "sum": lambda e, nid, a, r: e.assign(nid, Code(f"{r[0].at(ATOM)}.sum(1, keepdim=True)")),
     "expand": lambda e, nid, a, r: e.assign(nid, Code(f"{r[0].at(ATOM)}.expand(-1, {a['out']})")),
@@ -502,9 +519,7 @@ def generate(program, *, version: str, fuse: bool = True) -> str:
     grad = emit_graph(program.grad, pool, fused)
     params = param_rows(program.integral.graph["params"])
     g = program.grad
-    nonsmooth = sorted(
-        {g.attrs(n)["fn"].label for n in g.order() if g.op(n) == "pointwise" and not g.attrs(n)["fn"].smooth}
-    )
+    nonsmooth = nonsmooth_labels(g)
     return render(
         "torch_module.py.j2",
         name=program.name,

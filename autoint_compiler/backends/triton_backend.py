@@ -26,9 +26,11 @@ Lowering, per IR graph:
 - **Data movement in torch** (documented fallback): input columns, ``slice``, ``expand``, weight columns
   (``wcol``) are views; ``concat`` is ``torch.cat``. ``posenc``, ``fscale`` and ``sum`` are Triton kernels.
 
-An op outside ``LOWERINGS`` is a ``CompileError`` naming it. The IR is read only through node data
-(``op``, ``inputs``, ``attrs``, ``width``, ``batched``), ``graph['outputs'|'params'|'inputs']``,
-``order()``, ``ir.pointwise_expr`` and the ``fusion`` helpers.
+``LOWERINGS`` is the backend's one lowering table, derived, not written out: every elementwise op
+(``ops.ELEMENTWISE``, printed from its sympy meaning in a unit), ``linear`` (a layer), and the rows of
+``NODE_LOWER`` (everything else, one function per op). An op outside it is a ``CompileError`` naming
+it. The IR is read only through node data (``op``, ``inputs``, ``attrs``, ``width``, ``batched``),
+``graph['outputs'|'params'|'inputs']``, ``order()``, ``ir.pointwise_expr`` and the ``fusion`` helpers.
 """
 
 from __future__ import annotations
@@ -41,36 +43,18 @@ import networkx as nx
 import sympy as sp
 
 from ..core import fusion
-from ..core import primitives as P
-from ..core.ir import IRGraph, pointwise_expr
+from ..core.ir import IRGraph, nonsmooth_labels
 from ..core.names import param_attribute
+from ..core.ops import ELEMENTWISE, ELEMENTWISE_ARITHMETIC
 from ..core.stacking import find_stacks
 from ..errors import CompileError
 from . import param_rows, sympy_print, triton_fused, triton_print
 from .sympy_print import split_long
 from .templating import render
 
-#: op -> how it is lowered (the backend's one lowering table)
-LOWERINGS: dict[str, str] = {
-    "input": "view of x",
-    "constant": "buffer",
-    "wcol": "view of the weight (torch)",
-    "slice": "view (torch)",
-    "expand": "view (torch)",
-    "concat": "torch.cat (data movement)",
-    "linear": "Triton GEMM over stacked chains, bias and elementwise epilogue",
-    "pointwise": "Triton elementwise unit",
-    "add": "Triton elementwise unit",
-    "sub": "Triton elementwise unit",
-    "mul": "Triton elementwise unit",
-    "neg": "Triton elementwise unit",
-    "scale": "Triton elementwise unit",
-    "sum": "Triton reduction kernel",
-    "fscale": "Triton kernel",
-    "posenc": "Triton kernel",
-}
-
-ELEMENTWISE = ("add", "sub", "mul", "neg", "scale")
+#: op -> how it is lowered: the backend's one lowering table (an op outside it is a CompileError). It is
+#: derived: elementwise ops need no row of their own, ``NODE_LOWER`` (below) holds the rest
+LOWERINGS: dict[str, str] = {}  # filled in below NODE_LOWER
 
 
 def _f(v: float) -> str:
@@ -112,7 +96,7 @@ def _units(g: IRGraph) -> list[fusion.Region]:
     for src, members in groups.items():
         regions.append(fusion.Region(tuple(members), (src,), tuple(members), (not g.nodes[src]["batched"],)))
     for nid in g.order():
-        if nid not in taken and g.op(nid) in ELEMENTWISE:
+        if nid not in taken and g.op(nid) in ELEMENTWISE_ARITHMETIC:
             ins = tuple(dict.fromkeys(g.inputs_of(nid)))
             regions.append(fusion.Region((nid,), ins, (nid,), tuple(not g.nodes[i]["batched"] for i in ins)))
     return sorted(regions, key=lambda r: r.nodes[0])
@@ -495,36 +479,67 @@ class _Emitter:
         return all(g.attrs(p)["stop"] == g.attrs(q)["start"] for p, q in zip(ins, ins[1:]))
 
     def _node(self, nid: int) -> None:
-        g = self.g
-        d = g.nodes[nid]
-        op, a, ins = d["op"], d["attrs"], d["inputs"]
-        if op == "input":
-            self.ref_[nid] = "x" if (a["start"], a["stop"]) == (0, self.total) else f"x[:, {a['start']}:{a['stop']}]"
-        elif op == "constant":
-            self.ref_[nid] = self.buffer(nid, a["value"], True)
-        elif op == "wcol":
-            self.ref_[nid] = f"{self.param(a['param'], 'weight')}[:, {a['col']}:{a['col'] + 1}].t()"
-        elif op == "slice":
-            self.assign(nid, f"{self.ref(ins[0])}[:, {a['start']}:{a['stop']}]")
-        elif op == "expand":
-            self.assign(nid, f"{self.ref(ins[0])}.expand(-1, {a['out']})")
-        elif op == "concat" and self._contiguous_inputs(ins):
-            first, last = g.attrs(ins[0])["start"], g.attrs(ins[-1])["stop"]
-            self.ref_[nid] = "x" if (first, last) == (0, self.total) else f"x[:, {first}:{last}]"
-        elif op == "concat":
-            parts = [self.batched_ref(i) for i in ins] if d["batched"] else [self.ref(i) for i in ins]
-            self.assign(nid, f"torch.cat([{', '.join(parts)}], 1)")
-        elif op == "sum":
-            self.assign(nid, f"_RowSum.apply({self.ref(ins[0])})")
-        elif op == "fscale":
-            buf = self.buffer(nid, a["freqs"], False, "f")
-            self.assign(nid, f"_FScale.apply({self.ref(ins[0])}, {buf})")
-        elif op == "posenc":
-            buf = self.buffer(nid, a["freqs"], False, "f")
-            inc = bool(a["include_input"])
-            self.assign(nid, f"_PosEnc.apply({self.ref(ins[0])}, {buf}, {inc})", "positional encoding")
-        else:  # linear and elementwise ops always belong to a layer or a unit
+        op = self.g.op(nid)
+        if op not in NODE_LOWER:  # linear and elementwise ops always belong to a layer or a unit
             raise CompileError(f"triton backend: no Triton lowering for op {op!r} (node %{nid})")
+        NODE_LOWER[op](self, nid, self.g.attrs(nid), self.g.inputs_of(nid))
+
+
+def _lower_input(e: _Emitter, nid: int, a: dict, ins) -> None:
+    """view of x"""
+    e.ref_[nid] = "x" if (a["start"], a["stop"]) == (0, e.total) else f"x[:, {a['start']}:{a['stop']}]"
+
+
+def _lower_concat(e: _Emitter, nid: int, a: dict, ins) -> None:
+    """torch.cat (data movement), or a view of adjacent input columns"""
+    if e._contiguous_inputs(ins):
+        first, last = e.g.attrs(ins[0])["start"], e.g.attrs(ins[-1])["stop"]
+        e.ref_[nid] = "x" if (first, last) == (0, e.total) else f"x[:, {first}:{last}]"
+        return
+    parts = [e.batched_ref(i) for i in ins] if e.g.nodes[nid]["batched"] else [e.ref(i) for i in ins]
+    e.assign(nid, f"torch.cat([{', '.join(parts)}], 1)")
+
+
+def _lower_fscale(e: _Emitter, nid: int, a: dict, ins) -> None:
+    """Triton kernel (_FScale)"""
+    e.assign(nid, f"_FScale.apply({e.ref(ins[0])}, {e.buffer(nid, a['freqs'], False, 'f')})")
+
+
+def _lower_posenc(e: _Emitter, nid: int, a: dict, ins) -> None:
+    """Triton kernel (_PosEnc)"""
+    buf = e.buffer(nid, a["freqs"], False, "f")
+    e.assign(nid, f"_PosEnc.apply({e.ref(ins[0])}, {buf}, {bool(a['include_input'])})", "positional encoding")
+
+
+def _set(e: _Emitter, nid: int, ref: str) -> None:
+    e.ref_[nid] = ref
+
+
+#: op -> how a node outside every layer and unit is lowered: ``lower(emitter, nid, attrs, inputs)``
+#: (data movement in torch, and the Triton kernels of the ops that are not elementwise)
+NODE_LOWER = {
+    "input": _lower_input,
+    "constant": lambda e, nid, a, ins: _set(e, nid, e.buffer(nid, a["value"], True)),
+    "wcol": lambda e, nid, a, ins: _set(e, nid, f"{e.param(a['param'], 'weight')}[:, {a['col']}:{a['col'] + 1}].t()"),
+    "slice": lambda e, nid, a, ins: e.assign(nid, f"{e.ref(ins[0])}[:, {a['start']}:{a['stop']}]"),
+    "expand": lambda e, nid, a, ins: e.assign(nid, f"{e.ref(ins[0])}.expand(-1, {a['out']})"),
+    "concat": _lower_concat,
+    "sum": lambda e, nid, a, ins: e.assign(nid, f"_RowSum.apply({e.ref(ins[0])})"),
+    "fscale": _lower_fscale,
+    "posenc": _lower_posenc,
+}
+_NODE_DOC = {
+    "constant": "buffer",
+    "wcol": "view of the weight (torch)",
+    "slice": "view (torch)",
+    "expand": "view (torch)",
+    "sum": "Triton reduction kernel (_RowSum)",
+}
+LOWERINGS.update(
+    {op: "Triton elementwise unit (printed from its sympy meaning)" for op in sorted(ELEMENTWISE)}
+    | {"linear": "Triton GEMM over stacked chains, bias and elementwise epilogue"}
+    | {op: _NODE_DOC.get(op) or (fn.__doc__ or op).strip() for op, fn in NODE_LOWER.items()}
+)
 
 
 def emit_graph(g: IRGraph, tag: str, owner: str, kernels: Kernels, stack: bool = True) -> Emitted:
@@ -536,14 +551,6 @@ def emit_graph(g: IRGraph, tag: str, owner: str, kernels: Kernels, stack: bool =
 # ---------------------------------------------------------------------------------------------------
 # The module
 # ---------------------------------------------------------------------------------------------------
-
-
-def _nonsmooth(g: IRGraph) -> list[str]:
-    out = set()
-    for n in g.order():
-        if g.op(n) == "pointwise" and pointwise_expr(g, n).has(*P.KINKED, *P.DISCONTINUOUS):
-            out.add(g.attrs(n).get("label", "pointwise"))
-    return sorted(out)
 
 
 def generate(
@@ -615,7 +622,7 @@ def generate(
         columns=tuple(program.integration_columns),
         grad_title=("d" if len(wrt) == 1 else f"d^{len(wrt)} ") + "Phi / " + " ".join(f"d{v}" for v in wrt),
         grad_uses_m=any("m." in line for line in grad.lines + [grad.result] + fused_calls["grad"]),
-        nonsmooth=_nonsmooth(grad_ir),
+        nonsmooth=nonsmooth_labels(grad_ir),
         allow_tf32=allow_tf32,
         stack=stack,
         fuse_network=fuse_network,

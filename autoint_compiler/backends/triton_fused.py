@@ -27,6 +27,7 @@ import sympy as sp
 
 from ..core import fusion
 from ..core.ir import IRGraph
+from ..core.ops import ELEMENTWISE
 from ..errors import CompileError
 from . import sympy_print, triton_print
 from .sympy_print import split_long
@@ -53,12 +54,8 @@ LOWERINGS: dict[str, str] = {
     "constant": "masked load of its buffer row",
     "wcol": "masked load of a weight column as a row",
     "linear": "tl.dot per chunk pair, weight block loaded once for all chains; bias added",
-    "pointwise": "the unit's printed sympy expressions, per chunk",
-    "add": "the unit's printed sympy expressions, per chunk",
-    "sub": "the unit's printed sympy expressions, per chunk",
-    "mul": "the unit's printed sympy expressions, per chunk",
-    "neg": "the unit's printed sympy expressions, per chunk",
-    "scale": "the unit's printed sympy expressions, per chunk",
+    # every elementwise op (ops.ELEMENTWISE): the unit's printed sympy expressions, per chunk
+    **dict.fromkeys(sorted(ELEMENTWISE), "the unit's printed sympy expressions, per chunk"),
     "slice": "exact column moves (_fz_move)",
     "concat": "exact column moves (_fz_move), or one load of adjacent input columns",
     "expand": "row sum broadcast",

@@ -4,7 +4,8 @@
 t1, the result along t2, and so on. Each pass keeps the primal nodes (the tangents refer to them:
 shared, not duplicated), adds one tangent node per node whose tangent is not identically zero, and
 makes the tangents of the outputs the new outputs; dead code is then dropped. Pure: the input graph
-is not changed.
+is not changed. A named node's tangent takes the name with the variable appended (``h2`` -> ``h2_dt``,
+then ``h2_dt_ds``; Taylor mode: ``h2_dt2``), so generated code reads as the chain rule it computes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def derive_once(g: IRGraph, var: str) -> IRGraph:
         t = T[nid]
         if t is not None and out.width(t) != d["width"]:
             T[nid] = b.expand(t, d["width"])
+    _name_tangents(out, g, {n: {f"_d{var}": t} for n, t in T.items()})
     outputs = []
     for o in out.graph["outputs"]:
         t = T[o]
@@ -42,6 +44,18 @@ def derive_once(g: IRGraph, var: str) -> IRGraph:
     out.graph["name"] = f"{base}.grad"
     out.graph["title"] = title(wrt)
     return dce(out)
+
+
+def _name_tangents(out: IRGraph, primal: IRGraph, tangents: dict[int, dict[str, int | None]]) -> None:
+    """Name the new tangent nodes of ``out`` after their primal node: ``name + suffix`` (the first name
+    a node gets wins; constants and nodes of the primal graph keep theirs)."""
+    names = out.graph["names"]
+    for nid in sorted(tangents):
+        if nid not in names:
+            continue
+        for suffix, t in tangents[nid].items():
+            if t is not None and t not in primal and out.op(t) != "constant":
+                names.setdefault(t, names[nid] + suffix)
 
 
 def title(wrt: list[str]) -> str:
@@ -96,6 +110,8 @@ def derive_jet(g: IRGraph, var: str, k: int) -> IRGraph:
                     t = b.expand(t, d["width"])
                 row[j] = t
         D[nid] = row
+    suffixes = [f"_d{var}" + (str(j) if j > 1 else "") for j in range(k + 1)]
+    _name_tangents(out, g, {n: {suffixes[j]: row[j] for j in range(1, k + 1)} for n, row in D.items()})
     out.graph["outputs"] = [D[o][k] if D[o][k] is not None else b.const([0.0] * out.width(o))
                             for o in out.graph["outputs"]]
     wrt = list(g.graph.get("wrt", [])) + [var] * k

@@ -20,12 +20,10 @@ import networkx as nx
 import sympy as sp
 
 from .ir import IRGraph
-from .ops import ELEMENTWISE as _ELEMENTWISE_OPS
-from .ops import OPS
+from .ops import ELEMENTWISE_ARITHMETIC, OPS
 
-#: ops a region may absorb beyond its seed group (pointwise nodes only seed regions, so that every
-#: pointwise group is either wholly inside one region or wholly outside)
-ELEMENTWISE = _ELEMENTWISE_OPS - {"pointwise"}
+# a region absorbs ops.ELEMENTWISE_ARITHMETIC beyond its seed group (pointwise nodes only seed regions,
+# so that every pointwise group is either wholly inside one region or wholly outside)
 #: a region stops growing here: its backward is derived symbolically, whose cost grows fast with size
 #: (higher-order grad networks have long elementwise chains); the rest stays unfused ops
 MAX_REGION_NODES = 12
@@ -61,20 +59,28 @@ def output_exprs(g: IRGraph, region: Region) -> list[sp.Expr]:
     return [exprs[o] for o in region.outputs]
 
 
-def gradient_exprs(outputs: list[sp.Expr], symbols, grads, jvp=None) -> list[sp.Expr]:
-    """d(sum_j g_j * out_j)/du_i for each input symbol: the region's backward. ``jvp`` maps a
-    derivative expression f'(u_z) to ``(F, u_z)``: a term g * f'(u_z) becomes ``F(g, u_z)`` (a backend
-    kernel for the whole product)."""
-    jvp = jvp or {}
+def readable_outputs(g: IRGraph, region: Region) -> list[str]:
+    """The region's outputs as math a person reads: each pointwise function by its label, applied to
+    the input symbols (``swish'(u0)·u1``), not expanded into its sympy expression."""
+    syms = {nid: sp.Symbol(f"u{k}", real=True) for k, nid in enumerate(region.inputs)}
+    exprs: dict[int, sp.Expr] = {}
+    for nid in region.nodes:
+        args = [exprs.get(i, syms.get(i)) for i in g.inputs_of(nid)]
+        if g.op(nid) == "pointwise":
+            exprs[nid] = sp.Function(g.attrs(nid)["fn"].label)(*args)
+        else:
+            exprs[nid] = OPS[g.op(nid)].elementwise(args, g.attrs(nid))
+    return [sp.sstr(exprs[o], order="lex").replace("**", "^").replace("*", "·") for o in region.outputs]
+
+
+def gradient_exprs(outputs: list[sp.Expr], symbols, grads) -> list[sp.Expr]:
+    """d(sum_j g_j * out_j)/du_i for each input symbol: the region's backward."""
     res = []
     for u in symbols:
         total = sp.Integer(0)
         for gj, out in zip(grads, outputs):
             d = sp.diff(out, u)
-            if d in jvp:
-                cls, z = jvp[d]
-                total += cls(gj, z)
-            elif d != 0:
+            if d != 0:
                 total += gj * d
         total = total.replace(sp.DiracDelta, lambda *args: sp.Integer(0))
         res.append(_readable(sp.factor_terms(total), symbols))  # common factors out; never unstable forms
@@ -154,7 +160,7 @@ def find_regions(g: IRGraph) -> list[Region]:
             if nid in region or nid in taken:
                 continue
             d = g.nodes[nid]
-            if d["op"] not in ELEMENTWISE or d["width"] != width or not d["batched"]:
+            if d["op"] not in ELEMENTWISE_ARITHMETIC or d["width"] != width or not d["batched"]:
                 continue
             ins = d["inputs"]
             if any(g.width(i) != width for i in ins):

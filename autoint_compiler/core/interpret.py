@@ -3,8 +3,10 @@ torch), so the generated Φ itself is checked against an independent evaluator.
 
 ``run(g, x, params)``: ``x`` is ``[N, D]``, ``params`` maps ``"<param>_weight"``/``"<param>_bias"``
 to arrays (a generated module's ``state_dict`` converted with ``.numpy()``). Pointwise nodes are
-evaluated by walking their sympy expression with numpy functions (``EVAL_FUNCTIONS``); every op has
-one row in ``EVAL`` (``tests/test_ops.py`` checks completeness).
+evaluated by walking their sympy expression with numpy functions (``EVAL_FUNCTIONS``). Every op that
+is not elementwise has one row in ``EVAL``, written here independently of the compiler, and so do the
+arithmetic ops; any other elementwise op is evaluated from its sympy meaning (``ops.OpDef.elementwise``).
+``tests/test_op_completeness.py`` runs every op.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..errors import CompileError
 from . import primitives as P
 from .ir import IRGraph
 from .names import param_attribute
+from .ops import ELEMENTWISE_ARITHMETIC, op_def
 
 _erf = np.vectorize(math.erf, otypes=[float])
 
@@ -112,6 +115,11 @@ EVAL: dict[str, Callable] = {
 }
 
 
+def _elementwise(g, nid, a, args, p):
+    us = [sp.Symbol(f"u{k}", real=True) for k in range(len(args))]
+    return eval_expr(op_def(g.op(nid)).elementwise(us, a), dict(zip(us, args)))
+
+
 def run(g: IRGraph, x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
     """Evaluate the graph's (single) output for inputs ``x`` [N, D], in float64."""
     x = np.asarray(x, dtype=np.float64)
@@ -121,8 +129,9 @@ def run(g: IRGraph, x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
     with np.errstate(all="ignore"):  # NaN/inf propagate as in the generated code
         for nid in g.order():
             op = g.op(nid)
-            if op not in EVAL:
+            evaluate = EVAL.get(op, _elementwise if op in ELEMENTWISE_ARITHMETIC else None)
+            if evaluate is None:
                 raise CompileError(f"interpreter: no evaluation rule for op {op!r} (node %{nid})")
-            values[nid] = EVAL[op](g, nid, g.attrs(nid), [values[i] for i in g.inputs_of(nid)], env)
+            values[nid] = evaluate(g, nid, g.attrs(nid), [values[i] for i in g.inputs_of(nid)], env)
     (o,) = g.graph["outputs"]
     return np.broadcast_to(values[o], (x.shape[0], g.width(o))).copy()

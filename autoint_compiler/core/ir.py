@@ -159,6 +159,18 @@ def pointwise_expr(g: IRGraph, nid: int):
     return g.attrs(nid)["fn"].expr
 
 
+def pointwise_fns(*graphs: IRGraph) -> list[PointwiseFn]:
+    """The functions of every ``pointwise`` node of the graphs, in node order (with repeats)."""
+    return [g.attrs(n)["fn"] for g in graphs for n in g.order() if g.op(n) == "pointwise"]
+
+
+def nonsmooth_labels(*graphs: IRGraph) -> list[str]:
+    """Labels of the graphs' pointwise functions that are not smooth, sorted. ``PointwiseFn.smooth``
+    (no kinked or discontinuous primitive in the expression) is the one definition of "smooth" that the
+    compile report and every backend's module docstring use."""
+    return sorted({f.label for f in pointwise_fns(*graphs) if not f.smooth})
+
+
 def lint_problems(g: IRGraph, allow_dead: bool = False) -> list[str]:
     """Every broken invariant, each with what to do about it."""
     out: list[str] = []

@@ -1,33 +1,39 @@
 """The op definitions: every IR op is defined once, here, JAX-style — its arity, attribute schema,
-width inference, printed form, elementwise meaning (a sympy expression, where it has one) and its
-forward-mode (JVP) rule, side by side.
+width inference, printed form, elementwise meaning (a sympy expression, where it has one), its
+forward-mode (JVP) rule, its Taylor-mode rule where it is nonlinear, and a small example that uses
+it, side by side.
 
 A JVP rule receives the builder, the node id and the tangent map ``T`` (node id -> tangent node id,
 or ``None`` for a tangent that is identically zero) and returns the node's tangent. Rules only emit
 ops that have rules themselves, so deriving twice gives mixed and repeated partials.
 
-What else an op needs lives in per-consumer tables keyed by op name, each checked for completeness
-by ``tests/test_ops.py``: a lowering in every backend (``backends/torch_backend.py: LOWER``, the
-Triton backend's table) and an evaluator in the reference interpreter (``interpret.py: EVAL``).
-See ``docs/ARCHITECTURE.md`` for the recipe to add an op. Torch-free.
+An op with an elementwise meaning (``ELEMENTWISE``) needs nothing else: fusion regions absorb it,
+and every backend and the interpreter lower it from that sympy expression. Any other op needs one
+lowering per backend (``backends/torch_backend.py: LOWER``, ``backends/triton_backend.py:
+NODE_LOWER``) and an evaluator in the reference interpreter (``interpret.py: EVAL``).
+``tests/test_op_completeness.py`` builds each op's ``example`` into a network and runs it through the
+interpreter and every registered backend, so a missing piece fails there, naming the op. See
+``docs/ARCHITECTURE.md`` for the recipes. Torch-free; no import of ``ir`` (which imports this module).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Any, Callable, Optional
 
 import sympy as sp
 
 from ..errors import CompileError
 from . import activations
 
-if TYPE_CHECKING:  # the rules build nodes through the IR builder; no import cycle at run time
-    from .ir import Builder
-
+#: the IR builder (``ir.Builder``) the rules build nodes with; not imported: ``ir`` imports this module
+Builder = Any
 Tangents = dict[int, Optional[int]]
-Rule = Callable[["Builder", int, Tangents], Optional[int]]
+Rule = Callable[[Builder, int, Tangents], Optional[int]]
+#: ``example(b, h, t)``: a node using the op, built with builder ``b`` from ``h`` (a batched node of
+#: width 3 that depends on the integration variable ``t``, an ``input`` node of width 1)
+Example = Callable[[Builder, int, int], int]
 
 
 def num(v: float) -> str:
@@ -50,6 +56,7 @@ class OpDef:
     # coefficients through its own JVP rule; a nonlinear one has a jet rule (Leibniz, Faà di Bruno)
     linear: bool = True
     jet: Callable | None = None
+    example: Example | None = None  # a small use of the op (tests/test_op_completeness.py runs it)
 
     def describe(self, attrs: dict, args: str, g) -> str:
         if self.printed is not None:
@@ -71,8 +78,9 @@ def defop(
     elementwise=None,
     printed=None,
     linear: bool = True,
+    example: Example | None = None,
 ):
-    OPS[name] = OpDef(name, arity, attrs, width, doc, show, elementwise, printed, linear=linear)
+    OPS[name] = OpDef(name, arity, attrs, width, doc, show, elementwise, printed, linear=linear, example=example)
 
 
 def defjet(name: str):
@@ -117,11 +125,11 @@ def _broadcast(op: str, widths: list[int]) -> int:
     return out
 
 
-def _t(b: "Builder", T: Tangents, nid: int, k: int = 0) -> Optional[int]:
+def _t(b: Builder, T: Tangents, nid: int, k: int = 0) -> Optional[int]:
     return T[b.g.inputs_of(nid)[k]]
 
 
-def _zero(b: "Builder", nid: int, T: Tangents) -> None:
+def _zero(b: Builder, nid: int, T: Tangents) -> None:
     """Ops whose value does not depend on the integration variables through their inputs."""
     return None
 
@@ -140,6 +148,7 @@ defop(
     lambda w, a: a["stop"] - a["start"],
     "columns start:stop of x",
     printed=lambda a, args: f"input[{a['name']}](x[:, {a['start']}:{a['stop']}])",
+    example=lambda b, h, t: b.add(h, t),
 )
 defjvp("input")(_zero)  # derive() seeds the integration variable's tangent with 1
 
@@ -156,6 +165,7 @@ defop(
     lambda w, a: len(a["value"]),
     "a constant row [1, width]",
     printed=lambda a, args: f"constant({_show_constant(a)})",
+    example=lambda b, h, t: b.mul(h, b.const([0.5, -1.0, 2.0])),
 )
 defjvp("constant")(_zero)
 
@@ -166,6 +176,8 @@ defop(
     lambda w, a: a["out"],
     "column 'col' of weight 'param' as a row [1, out] (a parameter view)",
     show=lambda a, g: f"{a['param']}, col={a['col']}",
+    # d/dt of a layer on t alone: the tangent is weight column 0 (Builder.linear folds W @ 1 to it)
+    example=lambda b, h, t: b.mul(h, b.linear(t, "l0", cols=(0, 1))),
 )
 defjvp("wcol")(_zero)
 
@@ -186,11 +198,12 @@ defop(
         )
         + ("" if a["bias"] else ", no bias")
     ),
+    example=lambda b, h, t: b.linear(h, "l0", cols=(1, 4), bias=False),  # weights shared with h's layer
 )
 
 
 @defjvp("linear")
-def _linear(b: "Builder", nid: int, T: Tangents) -> Optional[int]:
+def _linear(b: Builder, nid: int, T: Tangents) -> Optional[int]:
     # d(W h + c) = W dh; over a concat, only the columns of the parts with a tangent are multiplied
     g = b.g
     a = g.attrs(nid)
@@ -214,7 +227,7 @@ def _linear(b: "Builder", nid: int, T: Tangents) -> Optional[int]:
     return b.linear(T[src], a["param"], cols=tuple(a["cols"]), bias=False)
 
 
-defop("sum", 1, (), lambda w, a: 1, "sum over features")
+defop("sum", 1, (), lambda w, a: 1, "sum over features", example=lambda b, h, t: b.mul(h, b.sum(b.mul(h, h))))
 
 
 @defjvp("sum")
@@ -232,13 +245,28 @@ defop(
     lambda w, a: _broadcast("add", w),
     "a + b (broadcasting width 1)",
     elementwise=lambda u, a: u[0] + u[1],
+    example=lambda b, h, t: b.add(h, b.pointwise(h, activations.activation("sin"))),
 )
-defop("sub", 2, (), lambda w, a: _broadcast("sub", w), "a - b", elementwise=lambda u, a: u[0] - u[1])
 defop(
-    "mul", 2, (), lambda w, a: _broadcast("mul", w), "a * b (Hadamard)", elementwise=lambda u, a: u[0] * u[1],
-    linear=False,
+    "sub",
+    2,
+    (),
+    lambda w, a: _broadcast("sub", w),
+    "a - b",
+    elementwise=lambda u, a: u[0] - u[1],
+    example=lambda b, h, t: b.sub(h, b.mul(h, h)),
 )
-defop("neg", 1, (), lambda w, a: w[0], "-a", elementwise=lambda u, a: -u[0])
+defop(
+    "mul",
+    2,
+    (),
+    lambda w, a: _broadcast("mul", w),
+    "a * b (Hadamard)",
+    elementwise=lambda u, a: u[0] * u[1],
+    linear=False,
+    example=lambda b, h, t: b.mul(h, b.pointwise(h, activations.activation("cos"))),
+)
+defop("neg", 1, (), lambda w, a: w[0], "-a", elementwise=lambda u, a: -u[0], example=lambda b, h, t: b.neg(h))
 defop(
     "scale",
     1,
@@ -247,6 +275,7 @@ defop(
     "value * a",
     show=lambda a, g: num(a["value"]),
     elementwise=lambda u, a: sp.Float(a["value"]) * u[0],
+    example=lambda b, h, t: b.scale(b.mul(h, h), -1.5),
 )
 
 
@@ -298,6 +327,7 @@ defop(
     elementwise=lambda u, a: a["fn"].expr.subs(activations.x, u[0]),
     printed=lambda a, args: f"{a['fn'].label}({args})",
     linear=False,
+    example=lambda b, h, t: b.pointwise(h, activations.activation("swish")),
 )
 
 
@@ -325,6 +355,7 @@ defop(
     lambda w, a: a["out"],
     "broadcast a width-1 value to 'out' features",
     show=lambda a, g: str(a["out"]),
+    example=lambda b, h, t: b.concat([h, b.expand(b.sum(b.mul(h, h)), 2)]),
 )
 
 
@@ -334,7 +365,7 @@ def _expand(b, nid, T):
     return None if t is None else b.expand(t, b.g.attrs(nid)["out"])
 
 
-defop("concat", None, (), lambda w, a: sum(w), "feature concatenation")
+defop("concat", None, (), lambda w, a: sum(w), "feature concatenation", example=lambda b, h, t: b.concat([h, t]))
 
 
 @defjvp("concat")
@@ -353,6 +384,7 @@ defop(
     lambda w, a: a["stop"] - a["start"],
     "features start:stop",
     show=lambda a, g: f"{a['start']}:{a['stop']}",
+    example=lambda b, h, t: b.slice(b.mul(h, h), 1, 3),
 )
 
 
@@ -367,7 +399,15 @@ def _slice(b, nid, T):
 
 # --- positional encoding -------------------------------------------------------------------------------
 
-defop("fscale", 1, ("freqs",), lambda w, a: w[0] * len(a["freqs"]), "[a*f0, a*f1, ...] (frequency-major)", show=_freqs)
+defop(
+    "fscale",
+    1,
+    ("freqs",),
+    lambda w, a: w[0] * len(a["freqs"]),
+    "[a*f0, a*f1, ...] (frequency-major)",
+    show=_freqs,
+    example=lambda b, h, t: b.fscale(b.mul(h, h), (1.0, -2.0)),
+)
 
 
 @defjvp("fscale")
@@ -384,6 +424,7 @@ defop(
     "[a?, sin(a*f0), sin(a*f1).., cos(a*f0)..] (frequency-major blocks)",
     show=lambda a, g: f"{_freqs(a)}, include_input={a['include_input']}",
     linear=False,
+    example=lambda b, h, t: b.posenc(h, (1.0, 3.0), True),
 )
 
 
@@ -504,6 +545,9 @@ def _posenc_jet(b, nid, D, j):
     return b.concat(parts)
 
 
-#: ops a fusion region may absorb (elementwise, defined by ``elementwise``)
+#: THE definition of "elementwise": the ops with an elementwise meaning (``elementwise=`` above)
 ELEMENTWISE = frozenset(name for name, d in OPS.items() if d.elementwise is not None)
+#: the elementwise ops other than ``pointwise``: what a fusion region absorbs beyond its seed group (a
+#: pointwise group) and what a backend lowers from the meaning alone, as one elementwise unit
+ELEMENTWISE_ARITHMETIC = ELEMENTWISE - {"pointwise"}
 COMMUTATIVE = frozenset({"add", "mul"})

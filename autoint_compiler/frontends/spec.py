@@ -7,8 +7,6 @@ was expected.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
@@ -23,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ..core.activations import ACTIVATIONS, FormulaError, parse_formula
 from ..core.formula import check_derivative_cost
 from ..core.names import is_identifier, safe_identifier
+from ..core.ops import OPS
 from ..errors import SpecError
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,7 +154,9 @@ class MLPSpec(_Strict):
         return _check_activation(v)
 
 
-#: graph-node ops with their attributes: name -> (required, optional-with-default)
+#: graph-node ops with their YAML attributes: name -> (required, optional-with-default). A graph op
+#: named like an IR op lowers to that op (spec_build.py): its arity and width come from the core op
+#: table (``core/ops.py``); activations and formulas are ``pointwise``.
 GRAPH_OPS: dict[str, tuple[dict[str, type], dict[str, Any]]] = {
     "linear": ({"out": int}, {"bias": True}),
     "posenc": ({"frequencies": int}, {"include_input": True}),
@@ -173,9 +174,9 @@ GRAPH_OPS: dict[str, tuple[dict[str, type], dict[str, Any]]] = {
 for _name, _row in ACTIVATIONS.items():
     GRAPH_OPS[_name] = ({}, {p: d for p, d in _row.params})
 
-#: how many inputs each op takes (None: any number >= 1); one-input ops concatenate several inputs
-BINARY_OPS = {"add", "sub", "mul"}
-NULLARY_OPS = {"constant"}
+#: how many inputs each op takes, from the op table; one-input ops concatenate several inputs
+BINARY_OPS = {op for op in GRAPH_OPS if op in OPS and OPS[op].arity == 2}
+NULLARY_OPS = {op for op in GRAPH_OPS if op in OPS and OPS[op].arity == 0}
 
 
 class GraphNode(BaseModel):
@@ -236,10 +237,6 @@ class NetworkSpec(_Strict):
         """The spec name as a safe Python identifier (module and class prefix)."""
         return safe_identifier(self.name)
 
-    @property
-    def in_features(self) -> int:
-        return sum(self.inputs.values())
-
     def column_of(self, name: str) -> tuple[int, int]:
         start = 0
         for n, d in self.inputs.items():
@@ -248,22 +245,11 @@ class NetworkSpec(_Strict):
             start += d
         raise KeyError(name)
 
-    @property
-    def integration_columns(self) -> list[int]:
-        return [self.column_of(n)[0] for n in self.orders]
-
-    def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def hash(self) -> str:
-        """SHA-256 of the architecture: the canonical spec without ``seed``, ``dtype`` and ``backend``,
-        which change neither the parameters' names nor their shapes (a checkpoint made with one seed
-        or dtype loads into a network compiled with another)."""
-        data = self.model_dump(mode="json", by_alias=True)
-        for key in ("seed", "dtype", "backend", "precision"):
-            data.pop(key, None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    def to_yaml(self) -> str:
+        """The validated spec as YAML that loads back to the same spec (defaults filled in; a field
+        left at None is left out, which is its default)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -688,24 +674,27 @@ def parameter_count(spec: NetworkSpec) -> tuple[int, int]:
     for node in spec.graph or []:
         a = node_attrs(node)
         w_in = sum(widths.get(r, 0) for r in node.inputs)
+        w = _width(node.op, [widths.get(r, 0) for r in node.inputs], a)
         if node.op == "linear":
-            w = int(a["out"])
             total += w_in * w + (w if a.get("bias", True) else 0)
-        elif node.op == "posenc":
-            w = w_in * (2 * int(a["frequencies"]) + (1 if a.get("include_input", True) else 0))
-        elif node.op == "constant":
-            w = int(a.get("out", 1))
-        elif node.op == "slice":
-            w = max(0, int(a["stop"]) - int(a["start"]))
-        elif node.op == "sum":
-            w = 1
-        elif node.op in BINARY_OPS:
-            w = max((widths.get(r, 0) for r in node.inputs), default=0)
-        else:
-            w = w_in
         widths[node.name] = w
         widest = max(widest, w, w_in)
     return total, widest
+
+
+def _width(op: str, widths: list[int], a: dict[str, Any]) -> int:
+    """A graph node's width by its IR op's width rule (``core/ops.py``), its YAML attributes read as
+    the op's; an activation or formula keeps its (concatenated) input's width."""
+    if op not in OPS:
+        return sum(widths)
+    if op in BINARY_OPS:  # broadcasting width 1 (a mismatch is reported when the graph is built)
+        return max(widths, default=0)
+    ir_attrs = {
+        "linear": lambda: {"out": int(a["out"])},
+        "posenc": lambda: {"freqs": (1.0,) * int(a["frequencies"]), "include_input": a.get("include_input", True)},
+        "constant": lambda: {"value": (0.0,) * int(a.get("out", 1))},
+    }.get(op, lambda: a)()
+    return max(0, OPS[op].width([] if op in NULLARY_OPS else [sum(widths)], ir_attrs))
 
 
 def _budget_problems(spec: NetworkSpec) -> list[tuple[str, str]]:

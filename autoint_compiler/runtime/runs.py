@@ -81,13 +81,10 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _spec_yaml(net: Any) -> str:
-    import yaml
-
-    spec = getattr(net, "spec", None)
-    if spec is None:
-        return ""
-    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)  # None = the default: reloadable
-    return yaml.safe_dump(data, sort_keys=False)
+    """The YAML spec the network was compiled from (its frontend left it in ``program.meta``), or ""
+    for a network from another frontend (a traced nn.Module)."""
+    program = getattr(net, "program", None)
+    return program.meta.get("spec_yaml", "") if program is not None else ""
 
 
 def _to_u8(b: bytes) -> torch.Tensor:
