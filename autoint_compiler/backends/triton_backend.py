@@ -422,7 +422,7 @@ class _Emitter:
         return self.out
 
     def _labels(self, region: fusion.Region) -> str:
-        labels = [self.g.attrs(n).get("label", self.g.op(n)) for n in region.nodes if self.g.op(n) == "pointwise"]
+        labels = [self.g.attrs(n)["fn"].label for n in region.nodes if self.g.op(n) == "pointwise"]
         return ", ".join(dict.fromkeys(labels))
 
     def _call(self, targets: list[str], call: str, comment: str) -> None:
