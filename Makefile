@@ -48,8 +48,9 @@ bench: setup
 bench-triton: setup
 	$(PY) -m benchmarks.triton_bench
 
+# ptxas's report (registers, spills) for the kernels and block configurations the modules ship, sm_90, no GPU needed
 ptxas: setup
-	$(PY) -m benchmarks.triton_ptxas
+	$(PY) -m benchmarks.triton_ptxas --shipped --widths 64,128 --vars 1,2,3 --precisions tf32x3,bf16 --out benchmarks/results/gpu/ptxas
 
 # the GPU step: generate the modules here, then run the checks and the timing table (needs CUDA; on a
 # GPU machine with only torch and triton, copy .gpu/ there and run benchmarks/gpu_check.sh)

@@ -116,6 +116,40 @@ def run(
     return results
 
 
+def shipped(widths, n_vars, precisions, out_dir: Path | None) -> list[dict]:
+    """What the generated modules ship: each whole-network kernel a network has (Φ's and, within the
+    live-column budget, the grad network's) at every block configuration its autotuner may pick
+    (``FUSED_BLOCKS``), for the float32 default (tf32x3) and bf16; the chosen configurations must not spill."""
+    import triton.language as tl
+
+    from autoint_compiler.backends.triton_backend import generate
+    from autoint_compiler.compiler import compile_source, load_module
+
+    from .triton_bench import spec_for
+
+    results = []
+
+    def emit(row):
+        results.append(row)
+        print(", ".join(f"{k}={row[k]}" for k in FIELDS), flush=True)
+        if out_dir is not None:
+            _write(results, out_dir)
+
+    for width, v in itertools.product(widths, n_vars):
+        cs = compile_source(spec_for(width, v))
+        mod = load_module(f"{cs.name}_shipped", generate(cs.program, version="ptxas"))
+        for kernel in ("_integral_fused_kernel", "_grad_fused_kernel"):
+            if not hasattr(mod, kernel):  # the module runs the per-layer kernels (its forward says why)
+                emit(dict(width=width, vars=v, kernel=kernel + " (not fused)", precision="", chunk="", block_m="",
+                          warps="", registers="", spill_bytes="", shared_bytes="", compile_s=""))  # fmt: skip
+                continue
+            for prec, (bm, w) in itertools.product(precisions, mod.FUSED_BLOCKS):
+                fn = getattr(mod, kernel).fn
+                rep = compile_report(fn, {"PREC": prec, "ACC": tl.float32, "BLOCK_M": bm}, w)
+                emit(dict(width=width, vars=v, kernel=kernel, precision=prec, chunk=128, block_m=bm, warps=w, **rep))
+    return results
+
+
 def _write(results: list[dict], out_dir: Path) -> None:
     import triton
 
@@ -147,7 +181,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer GEMM kernels")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/triton"))
     ap.add_argument("--append", action="store_true", help="add to the rows already in OUT/ptxas.csv")
+    ap.add_argument("--shipped", action="store_true", help="the kernels and configurations the modules ship")
     args = ap.parse_args(argv)
+    if args.shipped:
+        shipped(args.widths, args.vars, args.precisions, args.out)
+        return 0
     run(args.widths, args.vars, args.chunks, args.rows, args.warps, args.precisions, args.out, not args.no_layers,
         args.append)  # fmt: skip
     return 0
