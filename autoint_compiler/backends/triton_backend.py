@@ -216,7 +216,7 @@ def unit_kernels(name: str, g: IRGraph, region: fusion.Region) -> UnitKernels:
     head2 = "    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]"
     uargs = [f"U{k}, su{k}m, su{k}n" for k in range(n_in)]
     oargs = [f"O{j}" for j in range(n_out)]
-    lines = ["@triton.autotune(configs=_EW_CONFIGS, key=['N'])", "@triton.jit"]
+    lines = ["@triton.autotune(configs=_EW_CONFIGS, key=['N'], **_TUNE)", "@triton.jit"]
     lines += _signature(
         f"{name}_fwd", uargs + oargs + ["M", "N", "ACC: tl.constexpr", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"]
     )
@@ -227,7 +227,7 @@ def unit_kernels(name: str, g: IRGraph, region: fusion.Region) -> UnitKernels:
     lines += ["", ""]
     gargs = [f"G{j}, sg{j}m, sg{j}n" for j in range(n_out)]
     dargs = [f"D{k}" for k in live]
-    lines += ["@triton.autotune(configs=_EW_CONFIGS, key=['N'])", "@triton.jit"]
+    lines += ["@triton.autotune(configs=_EW_CONFIGS, key=['N'], **_TUNE)", "@triton.jit"]
     lines += _signature(
         f"{name}_bwd",
         uargs + gargs + dargs + ["M", "N", "ACC: tl.constexpr", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"],
@@ -278,7 +278,7 @@ def layer_kernel(name: str, chains: int, bias: tuple[bool, ...], unit: UnitKerne
     bargs = ["B"] if any(bias) else []
     consts = ["STORE_Z: tl.constexpr", "PREC: tl.constexpr", "ACC: tl.constexpr"]
     consts += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr"]
-    lines = ["@triton.autotune(configs=_GEMM_CONFIGS, key=['N', 'K'])", "@triton.jit"]
+    lines = ["@triton.autotune(configs=_GEMM_CONFIGS, key=['N', 'K'], **_TUNE)", "@triton.jit"]
     lines += _signature(
         f"{name}_fwd", xargs + ["W, swn, swk"] + bargs + eargs + zargs + oargs + ["M", "N", "K"] + consts
     )

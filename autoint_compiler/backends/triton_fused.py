@@ -224,7 +224,7 @@ def fused_kernel(
     for a in w.args:
         args.append(f"{a}, s{a}0, s{a}1" if a[0] in "WC" else a)
     widest = max(g.nodes[n]["width"] for n in g.order())
-    head = [f"@triton.autotune(configs=_fused_configs({widest}), key=['M_LOG2'])", "@triton.jit"]
+    head = [f"@triton.autotune(configs=_fused_configs({widest}), key=['M_LOG2'], **_TUNE)", "@triton.jit"]
     sig = ["X, sx0, sx1", *args, "Y, M, M_LOG2", "PREC: tl.constexpr", "ACC: tl.constexpr",
            "BLOCK_M: tl.constexpr"]  # fmt: skip
     one = f"def {name}({', '.join(sig)}):"
