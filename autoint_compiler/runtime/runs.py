@@ -414,8 +414,26 @@ def _run_metadata(path: Path, meta: dict[str, str], step: int) -> dict[str, Any]
         for g in groups
     ):
         raise _Damaged(f"checkpoint {path}: metadata field 'optim_param_groups' is not a list of parameter groups")
+    for g in groups:
+        for k, v in g.items():
+            if k != "params" and not _setting_ok(v):
+                raise _Damaged(
+                    f"checkpoint {path}: metadata field 'optim_param_groups': setting {k[:40]!r} is {_short(v)}, "
+                    "expected a number"
+                )
     out["optim_param_groups"] = groups
     return out
+
+
+def _setting_ok(v: Any, depth: int = 0) -> bool:
+    """An optimizer setting as JSON holds it: a finite number, a flag, null, or a short list of numbers."""
+    if v is None or isinstance(v, bool):
+        return True
+    if isinstance(v, (int, float)):
+        return math.isfinite(v)
+    if isinstance(v, list) and depth == 0 and len(v) <= 8:
+        return all(_setting_ok(x, 1) and not isinstance(x, list) for x in v)
+    return False
 
 
 _ADAM_STATE = {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
