@@ -136,19 +136,24 @@ _DTYPE_BYTES = {
 }  # fmt: skip
 
 
-def _header(f: fileio.RegularFile, path: Path, limit: int) -> tuple[bytes, dict[str, Any], dict[str, str], int]:
+def _header(
+    f: fileio.RegularFile, path: Path, limit: int, whole: bool = True
+) -> tuple[bytes, dict[str, Any], dict[str, str], int]:
     """Read and check the header of an open safetensors file: ``(head, tensors, metadata, data_bytes)``,
     ``head`` its bytes (length prefix included), ``tensors`` name -> entry, ``data_bytes`` what the entries declare.
     Refuses (:class:`CheckpointError`) a header that is not a JSON object of well-formed entries, a
     declared size over ``limit``, and a file whose size is not what its header declares (truncated,
-    or padded): nothing past the header is read before that."""
+    or padded): nothing past the header is read before that. ``whole=False`` checks the header alone
+    (the file's size is not compared with it)."""
+    if whole and f.size > limit:
+        raise CheckpointError(f"checkpoint {path}: {f.size} bytes, larger than the limit of {limit} bytes")
     head = f.read(8)
     if len(head) < 8:
         raise CheckpointError(f"checkpoint {path}: file too short to be safetensors ({len(head)} bytes)")
     (n,) = struct.unpack("<Q", head)
     if n > min(MAX_HEADER_BYTES, limit) or n < 2:
         raise CheckpointError(f"checkpoint {path}: corrupt safetensors header (length {n})")
-    if 8 + n > f.size:
+    if whole and 8 + n > f.size:
         raise CheckpointError(f"checkpoint {path}: truncated ({f.size} bytes, its header alone declares {8 + n})")
     text = f.read(n)
     try:
@@ -179,6 +184,8 @@ def _header(f: fileio.RegularFile, path: Path, limit: int) -> tuple[bytes, dict[
             raise CheckpointError(f"checkpoint {path}: corrupt safetensors header (tensor {name[:60]!r})")
         spans.append(offsets)
     data = max((b for _, b in spans), default=0)
+    if not whole:
+        return head + text, header, dict(meta), data
     if 8 + n + data > limit:
         raise CheckpointError(
             f"checkpoint {path}: declares {8 + n + data} bytes, more than a checkpoint of this network can "
@@ -231,18 +238,19 @@ def _read(path: Path, limit: int = MAX_CHECKPOINT_BYTES) -> tuple[dict[str, torc
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a checkpoint, without loading its tensors: only the header is read, and
-    checked (a JSON object of well-formed tensor entries, and a file as long as they declare --
-    else :class:`CheckpointError`)."""
+    checked (a JSON object of well-formed tensor entries, else :class:`CheckpointError`)."""
     path = Path(path)
     with _Guard(path), fileio.open_regular(path) as f:
-        return _header(f, path, MAX_CHECKPOINT_BYTES)[2]
+        return _header(f, path, MAX_CHECKPOINT_BYTES, whole=False)[2]
 
 
-def checkpoint_problem(path: str | os.PathLike) -> str | None:
+def checkpoint_problem(path: str | os.PathLike, limit: int = MAX_CHECKPOINT_BYTES) -> str | None:
     """Why ``path`` does not read back as a checkpoint (its header, or its size against what the header
-    declares), or ``None`` if it does. Reads only the header."""
+    declares), or ``None`` if it may. Reads only the header."""
+    path = Path(path)
     try:
-        read_metadata(path)
+        with _Guard(path), fileio.open_regular(path) as f:
+            _header(f, path, limit)
     except CheckpointError as exc:
         return str(exc)
     return None

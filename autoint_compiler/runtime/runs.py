@@ -44,6 +44,7 @@ from .checkpoint import (
     _size_bound,
     accepted_hashes,
     check_fits,
+    checkpoint_problem,
     copy_into,
     read_metadata,
     save_checkpoint,
@@ -73,11 +74,14 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path] | None:
-    """The newest checkpoint whose header reads back (a corrupt one is skipped), or ``None``."""
+    """The newest checkpoint whose header reads back and whose size is what the header declares (a
+    corrupt or truncated one is skipped), or ``None``."""
     for step, path in reversed(list_checkpoints(run_dir)):
+        if checkpoint_problem(path) is not None:
+            continue
         try:
             meta = read_metadata(path)
-        except CheckpointError:
+        except CheckpointError:  # pragma: no cover - replaced between the two reads
             continue
         if meta.get("run_step") == str(step):
             return step, path
