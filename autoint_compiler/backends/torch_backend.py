@@ -158,27 +158,45 @@ class FusedFunctions:
                         fixed[j] = sympy_print.to_torch(cls(sp.Symbol(tt), z), {**names, sp.Symbol(tt): tt})
                         break
         args = ", ".join(str(u) for u in us)
-        gargs = ", ".join(str(x) for x in gs)
         kernel = name.lower()
         summary = "; ".join(f"o{j} = {A.canonical_key(o)}" for j, o in enumerate(outs))
         doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96, break_long_words=True)
-        outs_list = ", ".join(f"o{j}" for j in range(len(outs)))
-        lines = [f"def {kernel}_forward({args}):"]
-        lines += FusedFunctions._body(outs, names, [f"o{j}" for j in range(len(outs))], fixed)
-        lines += [f"    return {outs_list}", "", ""]
+        ulist, glist = [str(u) for u in us], [str(x) for x in gs]
+        olist = [f"o{j}" for j in range(len(outs))]
+        lines = sympy_print.wrap_list("", f"def {kernel}_forward(", ulist, "):")
+        lines += FusedFunctions._body(outs, names, olist, fixed)
+        lines += sympy_print.wrap_list("    ", "return (", olist, ")", bare=True)
+        lines += ["", ""]
         live = [k for k, e in enumerate(grads) if e != 0]
-        dlist = ", ".join(f"d{k}" for k in live)
-        lines += [f"def {kernel}_backward({args}, {gargs}):"]
-        lines += FusedFunctions._body([grads[k] for k in live], names, [f"d{k}" for k in live])
-        lines += [f"    return {dlist}" + ("," if len(live) == 1 else ""), "", ""]
+        dnames = [f"d{k}" for k in live]
+        dlist = ", ".join(dnames)
+        lines += sympy_print.wrap_list("", f"def {kernel}_backward(", ulist + glist, "):")
+        lines += FusedFunctions._body([grads[k] for k in live], names, dnames)
+        lines += (
+            sympy_print.wrap_list("    ", "return (", dnames, ")", bare=True)
+            if len(live) > 1
+            else [f"    return {dlist},"]
+        )
+        lines += ["", ""]
         lines += [f"class {name}(torch.autograd.Function):", f'    """{doc[0]}']
         lines += [f"    {d}" for d in doc[1:]]
-        lines += ['    """', "", "    @staticmethod", f"    def forward(ctx, {args}):"]
-        lines.append(f"        ctx.save_for_backward({args})")
-        lines.append(f'        return KERNELS["{kernel}_forward"]({args})')
-        lines += ["", "    @staticmethod", f"    def backward(ctx, {gargs}):"]
-        lines.append(f"        {args}, = ctx.saved_tensors" if len(us) == 1 else f"        {args} = ctx.saved_tensors")
-        lines.append(f'        {dlist}{"," if len(live) == 1 else ""} = KERNELS["{kernel}_backward"]({args}, {gargs})')
+        lines += ['    """', "", "    @staticmethod"]
+        lines += sympy_print.wrap_list("    ", "def forward(ctx, ", ulist, "):")
+        lines += sympy_print.wrap_list("        ", "ctx.save_for_backward(", ulist, ")")
+        lines += sympy_print.wrap_list("        ", f'return KERNELS["{kernel}_forward"](', ulist, ")")
+        lines += ["", "    @staticmethod"]
+        lines += sympy_print.wrap_list("    ", "def backward(ctx, ", glist, "):")
+        if len(us) == 1:
+            lines.append(f"        {args}, = ctx.saved_tensors")
+        else:
+            lines += sympy_print.wrap_list("        ", "(", ulist, ") = ctx.saved_tensors", bare=True)
+        call = f'KERNELS["{kernel}_backward"]('
+        lhs = f"{dlist}{',' if len(live) == 1 else ''} = "
+        if len(f"        {lhs}{call}") <= sympy_print.LINE_LIMIT - 8:
+            lines += sympy_print.wrap_list("        ", lhs + call, ulist + glist, ")")
+        else:  # many live inputs: the targets too, one block
+            lines += sympy_print.wrap_list("        ", "(", dnames, f") = {call}", bare=True, force=True)[:-1]
+            lines += sympy_print.wrap_list("        ", f") = {call}", ulist + glist, ")", force=True)
         rets = []
         for k in range(len(us)):
             if k not in live:
