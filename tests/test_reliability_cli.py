@@ -139,3 +139,18 @@ def test_closed_pipe_on_large_output_is_status_141():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(60) == cli.EXIT_BROKEN_PIPE and err == ""
+
+
+def test_readme_limits_table_lists_every_option():
+    """README's limits table has a row per numeric option, with the message its parser gives."""
+    from conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    for cmd, flag, parse in ROWS:
+        row = [line for line in readme if line.startswith(f"| `{cmd} {flag}` |")]
+        assert len(row) == 1, f"README's limits table has no row for {cmd} {flag}"
+        lo, hi = parse.bounds
+        bad = str(lo) if getattr(parse, "open_lo", False) else str(lo - 1)
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            parse(bad)
+        assert str(info.value).split(", got ")[0] in row[0], (row[0], str(info.value))

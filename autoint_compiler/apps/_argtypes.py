@@ -74,20 +74,23 @@ def int_list(
 
 
 def float_range(
-    lo: float | None = None, hi: float | None = None, *, open_lo: bool = False, what: str = "a number"
+    lo: float | None = None, hi: float | None = None, *, open_lo: bool = False, what: str = "number"
 ) -> Callable[[str], float]:
     """A finite ``float`` in ``[lo, hi]`` (``(lo, hi]`` with ``open_lo``)."""
+    if open_lo and lo is not None:
+        bounds = f"> {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+    else:
+        bounds = _bounds_text(lo, hi)
 
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a {what}, got {text!r}") from None
         bad = not math.isfinite(v) or (hi is not None and v > hi)
         if lo is not None:
             bad = bad or (v <= lo if open_lo else v < lo)
         if bad:
-            bounds = f"> {lo}" if open_lo and hi is None else _bounds_text(lo, hi)
             raise argparse.ArgumentTypeError(f"expected a finite {what} {bounds}, got {text!r}")
         return v
 

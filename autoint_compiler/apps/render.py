@@ -961,7 +961,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--hidden",
-        type=int_list(1, 65536, tuple_type=True),
+        type=int_list(1, 65536, what="widths", tuple_type=True),
         default=None,
         help="widths of both field networks, e.g. 64,64,64",
     )
