@@ -15,7 +15,11 @@ back and continues from its step; parameters, optimizer and RNG are restored exa
 resumed run reaches **bit-identical** parameters to an uninterrupted one (tested). A run killed at
 any moment -- even while writing a checkpoint -- loses at most the steps since the last completed
 checkpoint: files are written to a temporary name, fsync'ed and renamed, and the temporary files a
-``SIGKILL`` leaves behind are removed when the run is opened again.
+``SIGKILL`` leaves behind are removed when the run is opened again (and by the next save of the file).
+
+Opening checks everything before it writes anything (a refused resume leaves the folder as it was);
+a damaged newest checkpoint is set aside as ``<name>.corrupt`` and the run resumes from the newest
+one that reads back, with a note on stderr.
 
 Only rank 0 writes; every rank reads the checkpoint when resuming (a shared filesystem, as usual
 for ``torchrun`` on one machine).
