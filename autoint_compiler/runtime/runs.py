@@ -190,7 +190,7 @@ class RunDir:
             raise CheckpointError(f"run directory {self.path}: {self.ckpt_dir.name} exists and is not a directory")
         for own in ("spec.yaml", "config.json", "log.jsonl"):
             p = self.path / own
-            if (p.exists() or p.is_symlink()) and not p.is_file():
+            if p.exists() and not p.is_file():  # (a dangling symlink is written through: it creates its target)
                 raise CheckpointError(f"run directory {self.path}: {own} exists and is not a regular file")
 
     def _read_log(self) -> str:
