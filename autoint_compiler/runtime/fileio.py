@@ -111,7 +111,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mkdir: bool = Tr
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=directory)
     try:
         if fcntl is not None:  # held until the rename: a cleaner never takes a live writer's file
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # pragma: no cover - a filesystem without flock (some NFS mounts)
+                pass
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
