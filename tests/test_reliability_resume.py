@@ -323,3 +323,21 @@ def test_spec_hash_leaves_out_name_and_init(tmp_path):
         load_checkpoint(path, other_act)
     _edit_metadata(path, spec_hash=a.program.legacy_hash)  # written by an older version: still loads
     load_checkpoint(path, a)
+
+
+def test_padded_newest_checkpoint_is_not_read_on_resume(tmp_path, reference, capsys):
+    """A valid checkpoint padded to 20 GB (sparse): resume refuses it by its size without reading it
+    (no 20 GB in memory), falls back to the previous one and finishes bit-identically."""
+    import resource
+
+    run = _trained_run(tmp_path)
+    (_, older), (_, newest) = list_checkpoints(run)
+    os.truncate(newest, newest.stat().st_size + 20 * 2**30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    net = _resume(run)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 512 * 1024  # far below the padding (ru_maxrss is in KiB on Linux)
+    err = capsys.readouterr().err
+    assert "larger than the limit" in err and f"resuming from {older.name}" in err
+    got = _state(net)
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
