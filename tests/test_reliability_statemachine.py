@@ -22,6 +22,7 @@ import shutil
 import signal
 import struct
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,20 @@ def _checkpoints(run: Path) -> dict[int, Path]:
     if not folder.is_dir():
         return {}
     return {int(m.group(1)): p for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))}
+
+
+def _wait(pid: int, timeout: float) -> int:
+    """``waitpid`` with a deadline: a child that hangs is killed and the test fails (never hangs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the training process did not finish in {timeout} s")
+        time.sleep(0.01)
 
 
 class RunDirectoryMachine(RuleBasedStateMachine):
@@ -195,7 +210,7 @@ class RunDirectoryMachine(RuleBasedStateMachine):
                 code = 4
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        status = _wait(pid, 300)
         event(f"training process {'killed' if os.WIFSIGNALED(status) else 'exited'} ({where})")
         if os.WIFEXITED(status):
             code = os.WEXITSTATUS(status)
