@@ -154,3 +154,22 @@ def test_readme_limits_table_lists_every_option():
         with pytest.raises(argparse.ArgumentTypeError) as info:
             parse(bad)
         assert str(info.value).split(", got ")[0] in row[0], (row[0], str(info.value))
+
+
+@pytest.mark.parametrize(
+    "cmd,value,match",
+    [
+        ("train-1d", "sine:1e5", "w0 must be > 0 and <= 10000"),
+        ("train-1d", "{name: elu, alpha: 5000}", "alpha must be between"),
+        ("train-1d", "{formula: 'log(0)*x'}", "bad formula"),
+        ("ct", "[swish, {name: sine, w0: 0}]", "w0 must be > 0"),
+        ("ct", "sine:0", "w0 must be"),
+    ],
+)
+def test_numbers_inside_activation_flags_are_bounded_at_parse_time(cmd, value, match, capsys):
+    flag = "--activation" if cmd == "train-1d" else "--activations"
+    with pytest.raises(SystemExit) as info:
+        cli.main([cmd, f"{flag}={value}"])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in last and match in last, last

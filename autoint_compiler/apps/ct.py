@@ -529,7 +529,15 @@ def _act_list(text: str) -> list[Any]:
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise argparse.ArgumentTypeError(f"--activations: invalid YAML ({first})") from None
-        return v if isinstance(v, list) else [v]
+        items = v if isinstance(v, list) else [v]
+        from ..frontends.spec import _check_activation
+
+        for item in items:  # checked as a spec checks them: names, w0/alpha ranges, formulas
+            try:
+                _check_activation(item)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"--activations: {str(exc)[:200]}") from None
+        return items
     return [parse_activation(a) for a in text.split(",") if a.strip()]
 
 

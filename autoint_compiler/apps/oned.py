@@ -323,7 +323,20 @@ def demo(out: str | Path | None = None, steps: int = DEFAULT_STEPS) -> dict[str,
 
 
 def parse_activation(text: str) -> Any:
-    """``swish`` | ``sine:30`` (sine with w0=30) | a YAML/JSON mapping ``{name: sine, w0: 30}``."""
+    """``swish`` | ``sine:30`` (sine with w0=30) | a YAML/JSON mapping ``{name: sine, w0: 30}``;
+    checked as the spec checks an activation (names, ``w0`` and ``alpha`` ranges, formulas), so a bad
+    one is a usage error naming ``--activation`` before anything runs."""
+    from ..frontends.spec import _check_activation
+
+    value = _parse_activation(text)
+    try:
+        _check_activation(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--activation {text.strip()[:60]!r}: {str(exc)[:200]}") from None
+    return value
+
+
+def _parse_activation(text: str) -> Any:
     text = text.strip()
     if text.startswith("{"):
         import yaml
