@@ -64,7 +64,30 @@ def _parser(experiment: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+#: exit status when the reader of our stdout goes away (``autoint-compile rules | head -3``): 128 + SIGPIPE,
+#: what the shell shows for a C tool killed by the signal; nothing is printed
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``autoint-compile`` entry point; returns the exit status. A closed pipe on stdout ends the
+    command quietly (status :data:`EXIT_BROKEN_PIPE`), with no message and no traceback."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # the buffered rest is written here, inside the handler (else: at exit, with a traceback)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        try:  # later writes, and the interpreter's own flush at exit, go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # pragma: no cover - stdout without a descriptor (tests' capture)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     experiment = argv[0] if argv and argv[0] in EXPERIMENTS else None
     parser = _parser(experiment)
@@ -79,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except AutoIntError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away: not an error of the command (see main)
+        raise
     except (OSError, ValueError) as exc:  # bad paths, unreadable or mismatched files: one line, not a traceback
         if os.environ.get("AUTOINT_DEBUG"):
             raise

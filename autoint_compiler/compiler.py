@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,8 +191,9 @@ class CompiledNetwork:
         use from the same IR and backend (the lower-order antiderivatives of f = ``self.grad``)."""
         unknown = set(orders) - set(self.orders)
         if unknown or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in orders.values()):
-            raise ValueError(f"orders must map integration variables {list(self.orders)} to integers >= 0, "
-                             f"got {orders}")
+            raise ValueError(
+                f"orders must map integration variables {list(self.orders)} to integers >= 0, got {orders}"
+            )
         full = {v: orders.get(v, 0) for v in self.orders}
         if any(full[v] > self.orders[v] for v in full):
             raise ValueError(f"orders {full} exceed the grad network's {self.orders}")
@@ -203,8 +205,13 @@ class CompiledNetwork:
         cache = self.__dict__.setdefault("_derivatives", {})
         if key not in cache:
             wrt = [v for v, k in full.items() for _ in range(k)]
-            program = make_program(self.program.integral, name=f"{self.name}_d{''.join(f'{v}{k}' for v, k in key)}",
-                                   dtype=self.program.dtype, wrt=wrt, precision=self.program.precision)
+            program = make_program(
+                self.program.integral,
+                name=f"{self.name}_d{''.join(f'{v}{k}' for v, k in key)}",
+                dtype=self.program.dtype,
+                wrt=wrt,
+                precision=self.program.precision,
+            )
             cs = generate_source(program, self.backend)
             module = load_module(cs.name, cs.source)
             cache[key] = module.GradNet.from_integral(self.integral)
@@ -213,12 +220,42 @@ class CompiledNetwork:
     def integrate(self, lower, upper, x=None):
         """∫ of f = ``self.grad`` over the box ``lower``..``upper`` ([N, n_vars], one column per distinct
         integration variable); other inputs from ``x`` ([N, D]). Closed form: the antiderivative of
-        orders (k_i − 1) at the 2ⁿ corners (inclusion–exclusion); for order 1 that is Φ itself."""
+        orders (k_i − 1) at the 2ⁿ corners (inclusion–exclusion); for order 1 that is Φ itself.
+
+        The bounds may also be Python numbers or sequences (a number is the same bound for every
+        variable and row; ``[a1, a2]`` one row): they become tensors of the network's dtype and device,
+        with as many rows as ``x`` has (one without ``x``)."""
+        lower, upper = self._as_bounds("lower", lower, x), self._as_bounds("upper", upper, x)
         if all(k == 1 for k in self.orders.values()):
             return self.integral.integrate(lower, upper, x)
         from .runtime.antiderivative import integrate
 
         return integrate(self, lower, upper, x)
+
+    def _as_bounds(self, name: str, value: Any, x: Any):
+        """A bound given as a Python number, sequence or array, as a ``[N, n_vars]`` tensor (a tensor is
+        passed on as it is: the integrators check its shape)."""
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return value
+        ref = next(iter(self.integral.parameters()), None)
+        dtype = ref.dtype if ref is not None else torch.float32
+        device = ref.device if ref is not None else None
+        n = len(self.orders)
+        try:
+            t = torch.as_tensor(value, dtype=dtype, device=device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(
+                f"integrate: {name} must be a number, a sequence of {n} numbers or a tensor [N, {n}], "
+                f"got {type(value).__name__} ({str(exc).splitlines()[0][:80] if str(exc) else ''})"
+            ) from None
+        rows = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 2 else 1
+        if t.dim() == 0:
+            return t.expand(rows, n).clone()
+        if t.dim() == 1 and t.shape[0] == n:
+            return t.unsqueeze(0).expand(rows, n).clone()
+        return t  # [N, n] as given; other shapes are refused by the integrators with the shape named
 
     def compile_pointwise(self, **options) -> "CompiledNetwork":
         """Run the grad network's fused elementwise regions as ``torch.compile``d kernels, GEMMs eager
@@ -260,6 +297,50 @@ def instantiate(cs: CompiledSource, backend: str, *, seed=None, dtype=None, devi
     return CompiledNetwork(integral, grad, cs.program, cs.source, module, cs.report, backend)
 
 
+#: the dtypes a network can be built in (``dtype=`` of :func:`compile`), by name
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _check_arguments(fn: str, *, seed: Any, dtype: Any, device: Any, fuse: Any) -> tuple[Any, Any, Any]:
+    """The keyword arguments of :func:`compile`, checked up front: returns ``(dtype, device, seed)``,
+    dtype and device as torch objects (``None`` kept), or raises :class:`CompileError` naming the argument."""
+    import torch
+
+    from .frontends.spec import SEED_RANGE
+
+    if seed is not None:
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            seed = operator.index(seed)  # int, numpy integers
+        except TypeError:
+            raise CompileError(f"{fn}(): seed must be an integer or None, got {type(seed).__name__}") from None
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise CompileError(f"{fn}(): seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}")
+    if not isinstance(fuse, bool):
+        raise CompileError(f"{fn}(): fuse must be True or False, got {fuse!r}"[:200])
+    if dtype is not None:
+        name = dtype.removeprefix("torch.") if isinstance(dtype, str) else None
+        if isinstance(dtype, torch.dtype):
+            name = str(dtype).removeprefix("torch.")
+        if name not in DTYPES:
+            raise CompileError(
+                f"{fn}(): dtype must be one of {', '.join(DTYPES)} (a torch.dtype or its name), got {dtype!r}"[:300]
+            )
+        dtype = getattr(torch, name)
+    if device is not None:
+        if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+            raise CompileError(
+                f"{fn}(): device must be a string, an index or a torch.device, got {type(device).__name__}"
+            )
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CompileError(f"{fn}(): device {device!r}: {first}"[:300]) from None
+    return dtype, device, seed
+
+
 def compile(  # noqa: A001 - the package's verb
     spec: Any,
     backend: str | None = None,
@@ -273,10 +354,13 @@ def compile(  # noqa: A001 - the package's verb
     """Compile a spec (path, YAML string or dict) into a ``CompiledNetwork``.
 
     ``seed`` (default: the spec's ``seed``) makes the initial weights reproducible; ``dtype`` and
-    ``device`` default to the spec's dtype and the CPU; ``fuse`` see ``compile_source``; ``precision``
+    ``device`` default to the spec's dtype and the CPU (``dtype`` a floating ``torch.dtype`` or its
+    name, ``"float64"`` and ``torch.float64`` alike); ``fuse`` see ``compile_source``; ``precision``
     (``fp32 | tf32 | bf16 | fp16``, default the spec's) the mixed-precision mode of the GEMMs and
-    activations (parameters and accumulation stay float32).
+    activations (parameters and accumulation stay float32). Arguments are checked before anything is
+    compiled: a bad one is a one-line :class:`CompileError`.
     """
+    dtype, device, seed = _check_arguments("compile", seed=seed, dtype=dtype, device=device, fuse=fuse)
     cs = compile_source(spec, backend, fuse=fuse, precision=precision)
     seed = cs.program.seed if seed is None else seed
     return instantiate(cs, cs.backend, seed=seed, dtype=dtype, device=device)

@@ -339,7 +339,8 @@ def test_cli_errors_are_one_line(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["render", "--out", "x", "--scenes", "nope"])
     assert "unknown scene" in capsys.readouterr().err
-    args = parser.parse_args(["render", "--out", "x", "--gt-samples", "100"])
-    assert args.func(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "512" in err
+    with pytest.raises(SystemExit) as info:  # bounded at parse time (issue 19), before any work
+        parser.parse_args(["render", "--out", "x", "--gt-samples", "100"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--gt-samples" in err and "512" in err

@@ -39,7 +39,7 @@ import torch
 from ..runtime import distributed
 from ..runtime.train import History, LineData, TrainConfig, device_error, fit_line_integrals
 from . import ct_data
-from ._argtypes import SEED, int_range, positive_float
+from ._argtypes import SEED, float_range, int_list, int_range, positive_float
 from .ct_data import CTProblem, make_problem
 
 __all__ = [
@@ -518,16 +518,6 @@ def plot_sweep(result: dict[str, Any], path: str | Path, activations: Sequence[s
 # ----------------------------------------------------------------------------- CLI
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return vals
-
-
 def _act_list(text: str) -> list[Any]:
     from .oned import parse_activation
 
@@ -539,7 +529,15 @@ def _act_list(text: str) -> list[Any]:
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise argparse.ArgumentTypeError(f"--activations: invalid YAML ({first})") from None
-        return v if isinstance(v, list) else [v]
+        items = v if isinstance(v, list) else [v]
+        from ..frontends.spec import _check_activation
+
+        for item in items:  # checked as a spec checks them: names, w0/alpha ranges, formulas
+            try:
+                _check_activation(item)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"--activations: {str(exc)[:200]}") from None
+        return items
     return [parse_activation(a) for a in text.split(",") if a.strip()]
 
 
@@ -551,7 +549,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="sparse-view CT: interpolate a Shepp-Logan sinogram with AutoInt, compare with FBP",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--factors", type=_int_list, default=list(DEFAULT_FACTORS), help="angle subsampling, e.g. 4,8,16")
+    p.add_argument(
+        "--factors", type=int_list(1, 16384), default=list(DEFAULT_FACTORS), help="angle subsampling, e.g. 4,8,16"
+    )
     p.add_argument(
         "--activations",
         type=_act_list,
@@ -565,7 +565,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--sine-lr", type=positive_float, default=d.sine_lr, help="learning rate for the sine activation")
     p.add_argument("--batch", type=int_range(1, 2**24), default=d.batch_lines, help="lines per step")
     p.add_argument("--samples", type=int_range(1, 4096), default=d.n_samples, help="t samples per line (grad mode)")
-    p.add_argument("--hidden", type=_int_list, default=list(d.hidden))
+    p.add_argument("--hidden", type=int_list(1, 65536, what="widths"), default=list(d.hidden))
     p.add_argument(
         "--rho-frequencies", type=int_range(0, 32), default=d.rho_frequencies, help="posenc octaves of rho (0: none)"
     )
@@ -575,7 +575,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=d.theta_frequencies,
         help="posenc octaves of theta (0: none)",
     )
-    p.add_argument("--w0", type=positive_float, default=d.sine_w0, help="w0 of the sine activation")
+    p.add_argument("--w0", type=float_range(0, 1e4, open_lo=True), default=d.sine_w0, help="w0 of the sine activation")
     p.add_argument(
         "--mode",
         choices=["grad", "integral"],

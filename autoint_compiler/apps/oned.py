@@ -26,7 +26,7 @@ import torch
 
 from ..runtime import distributed
 from ..runtime.train import History, TrainConfig, device_error, fit_samples
-from ._argtypes import SEED, int_range, positive_float
+from ._argtypes import SEED, int_list, int_range, positive_float
 from .signals1d import SIGNALS, Signal1D, get_signal
 
 __all__ = [
@@ -322,20 +322,21 @@ def demo(out: str | Path | None = None, steps: int = DEFAULT_STEPS) -> dict[str,
 # ----------------------------------------------------------------------------- CLI
 
 
-def _parse_hidden(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--hidden wants comma-separated widths, e.g. 64,64,64; got {text!r}"
-        ) from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden wants positive widths, got {text!r}")
-    return vals
-
-
 def parse_activation(text: str) -> Any:
-    """``swish`` | ``sine:30`` (sine with w0=30) | a YAML/JSON mapping ``{name: sine, w0: 30}``."""
+    """``swish`` | ``sine:30`` (sine with w0=30) | a YAML/JSON mapping ``{name: sine, w0: 30}``;
+    checked as the spec checks an activation (names, ``w0`` and ``alpha`` ranges, formulas), so a bad
+    one is a usage error naming ``--activation`` before anything runs."""
+    from ..frontends.spec import _check_activation
+
+    value = _parse_activation(text)
+    try:
+        _check_activation(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--activation {text.strip()[:60]!r}: {str(exc)[:200]}") from None
+    return value
+
+
+def _parse_activation(text: str) -> Any:
     text = text.strip()
     if text.startswith("{"):
         import yaml
@@ -378,7 +379,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--out", default=None, help="directory for PNG/JSON/markdown/checkpoints")
-    p.add_argument("--hidden", type=_parse_hidden, default=list(DEFAULT_HIDDEN), help="e.g. 64,64,64")
+    p.add_argument(
+        "--hidden", type=int_list(1, 65536, what="widths"), default=list(DEFAULT_HIDDEN), help="e.g. 64,64,64"
+    )
     p.add_argument(
         "--activation",
         type=parse_activation,

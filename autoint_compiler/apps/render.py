@@ -76,6 +76,7 @@ import torch
 from torch import nn
 
 from ..runtime.train import device_error, resolve_device, show_progress
+from ._argtypes import SEED, int_list, int_range, positive_float
 from .render_scenes import SCENES, Views, composite, get_scene, make_views
 
 __all__ = [
@@ -937,25 +938,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small configuration (minutes on a 2-core CPU)")
     p.add_argument("--paper-size", action="store_true", help="the original's 8x256 field networks, posenc 10, skip 4")
     p.add_argument("--scenes", type=_scene_list, default=None, help=f"comma-separated from {','.join(SCENES)}")
-    p.add_argument("--sections", type=_int_list, default=None, help="K values, e.g. 8,16,32")
+    p.add_argument("--sections", type=int_list(1, 1024, tuple_type=True), default=None, help="K values, e.g. 8,16,32")
     p.add_argument(
-        "--quad-samples", type=_int_list, default=None, help="N values of the baseline, e.g. 64,128 (none: skip it)"
+        "--quad-samples",
+        type=int_list(1, 65536, allow_none=True, tuple_type=True),
+        default=None,
+        help="N values of the baseline, e.g. 64,128 (none: skip it)",
     )
     p.add_argument("--uniform-sections", action="store_true", help="equal sections instead of the sampling network")
     p.add_argument("--loss", choices=["both", "samples", "section"], default=None, help="AutoInt training loss")
-    p.add_argument("--size", type=int, default=None, help="image side in pixels")
-    p.add_argument("--train-views", type=int, default=None)
-    p.add_argument("--test-views", type=int, default=None)
-    p.add_argument("--gt-samples", type=int, default=None, help="ground-truth samples per ray (>= 512)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None, help="rays per step")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--samples-per-ray", type=int, default=None, help="grad-network samples per ray (AutoInt)")
-    p.add_argument("--hidden", type=_int_list, default=None, help="widths of both field networks, e.g. 64,64,64")
-    p.add_argument("--frequencies", type=int, default=None, help="posenc octaves of the point")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--size", type=int_range(4, 2048), default=None, help="image side in pixels")
+    p.add_argument("--train-views", type=int_range(1, 10_000), default=None)
+    p.add_argument("--test-views", type=int_range(1, 10_000), default=None)
+    p.add_argument(
+        "--gt-samples", type=int_range(512, 2**20), default=None, help="ground-truth samples per ray (>= 512)"
+    )
+    p.add_argument("--steps", type=int_range(1, 10**9), default=None)
+    p.add_argument("--batch", type=int_range(1, 2**24), default=None, help="rays per step")
+    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument(
+        "--samples-per-ray", type=int_range(1, 4096), default=None, help="grad-network samples per ray (AutoInt)"
+    )
+    p.add_argument(
+        "--hidden",
+        type=int_list(1, 65536, what="widths", tuple_type=True),
+        default=None,
+        help="widths of both field networks, e.g. 64,64,64",
+    )
+    p.add_argument("--frequencies", type=int_range(1, 32), default=None, help="posenc octaves of the point")
+    p.add_argument("--seed", type=SEED, default=None)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0: torch's default)")
+    p.add_argument("--threads", type=int_range(0, 4096), default=1, help="CPU threads (default 1; 0: torch's default)")
     p.add_argument("--no-resume", action="store_true", help="ignore and do not write checkpoints")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_cli)

@@ -226,6 +226,36 @@ def print_group(
     return print_exprs(exprs, {A.x: var}, prefix, width=width)
 
 
+#: the column limit of generated modules (the project's tests run ruff on them with 110)
+LINE_LIMIT = 110
+
+
+def wrap_list(
+    pad: str, head: str, items: list[str], tail: str, *, bare: bool = False, force: bool = False
+) -> list[str]:
+    """``head + items joined by ', ' + tail`` on one line when it fits in :data:`LINE_LIMIT` columns,
+    else the head line (it ends in an open bracket, or in ``(`` and a fixed first argument such as
+    ``def forward(ctx, ``), the items filled into indented lines, and ``tail``. ``bare``: the one-line
+    form leaves out the brackets (the last of ``head``, the first of ``tail``): ``return a, b``, a
+    tuple target ``a, b = ...``. ``force``: never one line."""
+    one = f"{pad}{head}{', '.join(items)}{tail}"
+    if bare:
+        one = f"{pad}{head[:-1]}{', '.join(items)}{tail[1:]}"
+    if len(one) <= LINE_LIMIT and not force:
+        return [one]
+    inner, lines, cur = pad + "    ", [f"{pad}{head.rstrip()}"], ""
+    for item in items:
+        piece = item + ","
+        if cur and len(inner) + len(cur) + 1 + len(piece) > LINE_LIMIT:
+            lines.append(inner + cur)
+            cur = piece
+        else:
+            cur = f"{cur} {piece}" if cur else piece
+    if cur:
+        lines.append(inner + cur)
+    return lines + [f"{pad}{tail}"]
+
+
 def split_long(name: str, code: str, limit: int = 96) -> list[str]:
     """``name = code`` as one line or, past ``limit`` columns, as a parenthesised block broken the way a
     person would: at top-level ``+``/``-``, else ``*``/``/``, else between the arguments of the outer

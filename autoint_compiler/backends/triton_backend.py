@@ -35,6 +35,7 @@ it. The IR is read only through node data (``op``, ``inputs``, ``attrs``, ``widt
 
 from __future__ import annotations
 
+import ast
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -49,8 +50,12 @@ from ..core.ops import ELEMENTWISE, ELEMENTWISE_ARITHMETIC
 from ..core.stacking import find_stacks
 from ..errors import CompileError
 from . import param_rows, sympy_print, triton_fused, triton_print
-from .sympy_print import split_long
+from .sympy_print import split_long, wrap_list
 from .templating import render
+
+#: the longest line of a generated Triton module: the project's ruff line-length (its template's own
+#: lines reach 119; generated statements in method bodies keep to 110 plus the template's indent)
+MODULE_LIMIT = 120
 
 #: op -> how it is lowered: the backend's one lowering table (an op outside it is a CompileError). It is
 #: derived: elementwise ops need no row of their own, ``NODE_LOWER`` (below) holds the rest
@@ -169,15 +174,23 @@ def plan_graph(g: IRGraph, stack: bool = True) -> GraphPlan:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _split_args(text: str) -> list[str]:
+    """The top-level comma-separated arguments of a call's argument text (brackets and strings kept)."""
+    src = f"f({text})"
+    call = ast.parse(src, mode="eval").body
+    return [ast.get_source_segment(src, a) for a in [*call.args, *call.keywords]]
+
+
 def _tile_lines(exprs, names, targets, dtype: str, indent="    ") -> list[str]:
     """``target = expr`` lines (shared temporaries first); a constant becomes a full tile."""
     todo = [j for j, e in enumerate(exprs) if not (isinstance(e, sp.Expr) and e.is_number)]
     temps, codes = triton_print.print_exprs([exprs[j] for j in todo], names, "t")
     code = dict(zip(todo, codes))
-    lines = [f"{indent}{t} = {c}" for t, c in temps]
+    width = MODULE_LIMIT - len(indent)
+    lines = [indent + ln for t, c in temps for ln in split_long(t, c, limit=width)]
     for j, target in enumerate(targets):
         if j in code:
-            lines.append(f"{indent}{target} = {code[j]}")
+            lines += [indent + ln for ln in split_long(target, code[j], limit=width)]
         else:
             lines.append(f"{indent}{target} = tl.full((BLOCK_M, BLOCK_N), {_f(exprs[j])}, {dtype})")
     return lines
@@ -435,7 +448,13 @@ class _Emitter:
         if len(line) <= 110:
             self.out.lines.append(line)
             return
-        self.out.lines += split_long(lhs, call, limit=110)  # one argument per line
+        lines = split_long(lhs, call, limit=110)  # one argument per line
+        if max(map(len, lines)) <= 110:
+            self.out.lines += lines
+            return
+        head, _, args = call.partition("(")  # many targets: both sides as blocks (the template indents by 8)
+        self.out.lines += wrap_list("", "(", targets, f") = {head}(", force=True)[:-1]
+        self.out.lines += wrap_list("", f") = {head}(", [a.strip() for a in _split_args(args[:-1])], ")", force=True)
 
     def _layer(self, layer: LayerPlan) -> None:
         g = self.g

@@ -30,7 +30,7 @@ from ..core.ir import IRGraph
 from ..core.ops import ELEMENTWISE
 from ..errors import CompileError
 from . import sympy_print, triton_print
-from .sympy_print import split_long
+from .sympy_print import split_long, wrap_list
 
 #: columns per register tile by default; a wider value is held as several tiles (chunks), and a layer
 #: multiplies chunk by chunk, so one weight block is CHUNK x CHUNK (a power of two, at least 16).
@@ -217,9 +217,12 @@ def fused_kernel(
         c = w.col(t.pad)
         out = t.at(j) if t.batched else f"({t.at(j)} + tl.zeros((BLOCK_M, {t.pad}), dtype=ACC))"
         col = f"{j * t.chunk} + {c}" if j else c
-        w.emit(
-            f"tl.store(Y + rm * {t.width} + {col}, {out}.to(Y.dtype.element_ty), mask=(rm < M) & ({c} < {t.valid(j)}))"
-        )
+        store = [
+            f"Y + rm * {t.width} + {col}",
+            f"{out}.to(Y.dtype.element_ty)",
+            f"mask=(rm < M) & ({c} < {t.valid(j)})",
+        ]
+        w.lines += wrap_list("    ", "tl.store(", store, ")")
     args = []
     for a in w.args:
         args.append(f"{a}, s{a}0, s{a}1" if a[0] in "WC" else a)

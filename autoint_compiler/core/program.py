@@ -56,7 +56,16 @@ class Program:
 
     @property
     def hash(self) -> str:
-        """Architecture hash: the IR text of Φ and the variables (dtype, seed and backend excluded)."""
+        """Architecture hash: the IR text of Φ and the variables. The name (the graph's title line),
+        init scheme, seed, dtype and backend are left out: renaming a spec or changing how it is
+        initialised keeps its checkpoints loadable; every change of shape or function changes it."""
+        body = format_graph(self.integral).split("\n", 1)[1]  # without "graph <name>.integral"
+        text = body + "\nwrt=" + ",".join(self.wrt)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def legacy_hash(self) -> str:
+        """The hash as written by earlier versions (it covered the name): still accepted on load."""
         text = format_graph(self.integral) + "\nwrt=" + ",".join(self.wrt)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -309,6 +309,18 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAX_INT_DIGITS = 40
 
 
+class _HugeInt:
+    """An integer literal too long to convert: :func:`_data_problems` reports it at its field path."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<integer of {self.digits} digits>"
+
+
 class _StrictLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses duplicate keys (plain PyYAML keeps the last one silently),
     accepts merge keys (``<<: *base``; explicit keys override merged ones), reads ``3e1`` as a
@@ -336,10 +348,8 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_yaml_int(self, node):
         text = str(node.value)
         digits = sum(ch.isalnum() for ch in text)
-        if digits > _MAX_INT_DIGITS:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"an integer of {digits} digits is out of range", node.start_mark
-            )
+        if digits > _MAX_INT_DIGITS:  # never converted (quadratic); reported with its field path
+            return _HugeInt(digits)
         return super().construct_yaml_int(node)
 
 
@@ -454,6 +464,8 @@ def _short_path(path: str) -> str:
 def _scalar_problem(obj: Any) -> str | None:
     if isinstance(obj, bool):
         return None
+    if isinstance(obj, _HugeInt):
+        return f"integer of {obj.digits} digits is out of range"
     if isinstance(obj, int) and not SEED_RANGE[0] <= obj <= SEED_RANGE[1]:
         digits = len(str(abs(obj))) if obj.bit_length() < 14000 else "over 4000"
         return f"integer of {digits} digits is out of range"
@@ -471,7 +483,7 @@ def validate(data: Any, source: str = "<dict>") -> NetworkSpec:
     try:
         spec = NetworkSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, [_describe(e) for e in exc.errors()]) from None
+        raise SpecError(source, _describe_all(exc.errors(), data)) from None
     except (RecursionError, OverflowError, ValueError) as exc:  # pragma: no cover - guarded by _data_problems
         raise SpecError(source, [("", f"cannot validate the spec ({_short(str(exc))})")]) from None
     problems = _semantic_problems(spec)
@@ -507,6 +519,58 @@ _MESSAGES = {
     "dict_type": "expected a mapping",
     "model_type": "expected a mapping",
 }
+
+
+def _describe_all(errors: list[dict], data: Any) -> list[tuple[str, str]]:
+    """pydantic's errors as ``(field path, message)``, one per field: the type tags pydantic puts in
+    the locations of a union's members (``int``, ``dict[str,int]``, ``EncodingSpec``) are dropped,
+    the members' complaints about one field become one ("expected an integer or a mapping"), and a
+    member whose container type fitted (its errors are deeper) speaks for the union."""
+    described: list[tuple[str, str]] = []
+    for err in errors:
+        described.append(_describe({**err, "loc": _strip_tags(tuple(err["loc"]), data)}))
+    paths = [p for p, _ in described]
+    out: dict[str, list[str]] = {}
+    for path, msg in described:
+        deeper = any(q != path and (q.startswith(path + ".") or q.startswith(path + "[")) for q in paths)
+        if deeper and msg.startswith("expected ") and path:  # a union member that did not fit at all
+            continue
+        if msg not in out.setdefault(path, []):
+            out[path].append(msg)
+    return [(path, _merge(msgs)) for path, msgs in out.items()]
+
+
+def _merge(msgs: list[str]) -> str:
+    if len(msgs) == 1:
+        return msgs[0]
+    heads, gots = zip(*(m.partition(", got ")[::2] for m in msgs))
+    if all(h.startswith("expected ") for h in heads) and len(set(gots)) == 1:
+        wants = list(dict.fromkeys(h[len("expected ") :] for h in heads))
+        return "expected " + " or ".join(wants) + (f", got {gots[0]}" if gots[0] else "")
+    return "; or ".join(msgs)
+
+
+_TYPE_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
+
+
+def _strip_tags(loc: tuple, data: Any) -> tuple:
+    """``loc`` without pydantic's union-member tags: a part is kept when it names a key or index of the
+    data along the way (or, past the data, looks like a field name)."""
+    out: list[Any] = []
+    cur = data
+    for part in loc:
+        if isinstance(part, int):
+            out.append(part)
+            cur = cur[part] if isinstance(cur, list) and 0 <= part < len(cur) else None
+        elif isinstance(cur, dict) and part in cur:
+            out.append(part)
+            cur = cur[part]
+        elif part in _TYPE_TAGS or "[" in part or part[:1].isupper() or "-" in part:
+            continue  # a union member's tag: the value stays where it is
+        else:
+            out.append(part)
+            cur = None
+    return tuple(out)
 
 
 def _describe(err: dict) -> tuple[str, str]:

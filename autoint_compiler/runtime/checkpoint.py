@@ -8,7 +8,8 @@ metadata carries
 
 * ``format``          -- always ``"autoint-checkpoint"``
 * ``format_version``  -- :data:`FORMAT_VERSION`
-* ``spec_hash``       -- ``net.spec_hash`` (sha256 of the canonical validated spec)
+* ``spec_hash``       -- ``net.spec_hash`` (the architecture: Φ's IR and the integration variables;
+  not the spec's ``name``, ``init``, ``seed``, ``dtype`` or backend, so a renamed spec loads its checkpoints)
 * ``spec_name``       -- ``net.name``
 * ``torch_version``   -- the torch that wrote it (informational)
 * any ``extra`` string pairs the caller passes (step count, loss, ...).
@@ -19,8 +20,9 @@ the directory is fsync'ed where the OS allows it). A crash or an exception at an
 the old file or the new one, never a truncated mix, and no stray temporary file. A symlink is written
 through (its target replaced, the link kept); files get the umask's permissions.
 
-Reads are bounded: only a regular file is read (never a FIFO or a device), and no more bytes than a
-bound derived from the network.
+Reads are bounded: only a regular file is read (never a FIFO or a device); the header is read and
+checked first, then exactly the bytes it declares, which must be no more than a bound derived from
+the network (a file longer or shorter than its header declares is refused before its data is read).
 """
 
 from __future__ import annotations
@@ -127,54 +129,131 @@ def _size_bound(net: Any) -> int:
     return min(MAX_CHECKPOINT_BYTES, 8 * 4 * n + 64 * 2**20)
 
 
-def _read_raw(path: Path, limit: int, head: bool = False) -> bytes:
+#: bytes per element of the safetensors dtypes
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+
+
+def _header(
+    f: fileio.RegularFile, path: Path, limit: int, whole: bool = True
+) -> tuple[bytes, dict[str, Any], dict[str, str], int]:
+    """Read and check the header of an open safetensors file: ``(head, tensors, metadata, data_bytes)``,
+    ``head`` its bytes (length prefix included), ``tensors`` name -> entry, ``data_bytes`` what the entries declare.
+    Refuses (:class:`CheckpointError`) a header that is not a JSON object of well-formed entries, a
+    declared size over ``limit``, and a file whose size is not what its header declares (truncated,
+    or padded): nothing past the header is read before that. ``whole=False`` checks the header alone
+    (the file's size is not compared with it)."""
+    if whole and f.size > limit:
+        raise CheckpointError(f"checkpoint {path}: {f.size} bytes, larger than the limit of {limit} bytes")
+    head = f.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"checkpoint {path}: file too short to be safetensors ({len(head)} bytes)")
+    (n,) = struct.unpack("<Q", head)
+    if n > min(MAX_HEADER_BYTES, limit) or n < 2:
+        raise CheckpointError(f"checkpoint {path}: corrupt safetensors header (length {n})")
+    if whole and 8 + n > f.size:
+        raise CheckpointError(f"checkpoint {path}: truncated ({f.size} bytes, its header alone declares {8 + n})")
+    text = f.read(n)
     try:
-        return fileio.read_regular_file(path, limit, head=head)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path}: file not found") from None
-    except fileio.UnsafeFileError as exc:
-        raise CheckpointError(f"checkpoint {exc}") from None
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot read it ({exc.strerror or exc})") from None
+        header = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"checkpoint {path}: corrupt safetensors header (not JSON)") from exc
+    if not isinstance(header, dict):
+        kind = type(header).__name__.replace("NoneType", "null")
+        raise CheckpointError(f"checkpoint {path}: corrupt safetensors header (a JSON {kind}, expected an object)")
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"checkpoint {path}: corrupt safetensors metadata (expected strings)")
+    spans = []
+    for name, entry in header.items():
+        ok = isinstance(entry, dict) and entry.get("dtype") in _DTYPE_BYTES
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+        ok = ok and isinstance(shape, list) and all(type(d) is int and 0 <= d < 2**48 for d in shape)
+        ok = ok and isinstance(offsets, list) and len(offsets) == 2
+        ok = ok and all(type(o) is int and 0 <= o < 2**62 for o in offsets) and offsets[0] <= offsets[1]
+        if ok:
+            numel = 1
+            for d in shape:
+                numel *= d
+            ok = offsets[1] - offsets[0] == numel * _DTYPE_BYTES[entry["dtype"]]
+        if not ok:
+            raise CheckpointError(f"checkpoint {path}: corrupt safetensors header (tensor {name[:60]!r})")
+        spans.append(offsets)
+    data = max((b for _, b in spans), default=0)
+    if not whole:
+        return head + text, header, dict(meta), data
+    if 8 + n + data > limit:
+        raise CheckpointError(
+            f"checkpoint {path}: declares {8 + n + data} bytes, more than a checkpoint of this network can "
+            f"hold (at most {limit})"
+        )
+    if f.size < 8 + n + data:
+        raise CheckpointError(f"checkpoint {path}: truncated ({f.size} bytes, its header declares {8 + n + data})")
+    if f.size > 8 + n + data:
+        raise CheckpointError(
+            f"checkpoint {path}: {f.size - 8 - n - data} bytes after the data its header declares (corrupt)"
+        )
+    return head + text, header, dict(meta), data
+
+
+class _Guard:
+    """Turns the OS errors of opening and reading ``path`` into one-line :class:`CheckpointError`s."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None or issubclass(kind, CheckpointError):
+            return False
+        if issubclass(kind, FileNotFoundError):
+            raise CheckpointError(f"checkpoint {self.path}: file not found") from None
+        if issubclass(kind, fileio.UnsafeFileError):
+            raise CheckpointError(f"checkpoint {exc}") from None
+        if issubclass(kind, OSError):
+            raise CheckpointError(f"checkpoint {self.path}: cannot read it ({exc.strerror or exc})") from None
+        return False
 
 
 def _read(path: Path, limit: int = MAX_CHECKPOINT_BYTES) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    raw = _read_raw(path, limit)
-    metadata = _metadata_from_bytes(raw, path)
+    """Tensors and metadata of ``path``, reading no more than its header declares, and that no more
+    than ``limit`` bytes (see :func:`_header`)."""
+    with _Guard(path), fileio.open_regular(path) as f:
+        head, _, metadata, data = _header(f, path, limit)
+        body = f.read(data)
+    if len(body) != data:
+        raise CheckpointError(f"checkpoint {path}: truncated while read")
     try:
-        tensors = _st_load(raw)
+        tensors = _st_load(head + body)
     except (SafetensorError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a readable safetensors file ({exc})") from exc
     return tensors, metadata
 
 
-def _metadata_from_bytes(raw: bytes, path: Path) -> dict[str, str]:
-    if len(raw) < 8:
-        raise CheckpointError(f"checkpoint {path}: file too short to be safetensors")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > MAX_HEADER_BYTES or 8 + n > len(raw):
-        raise CheckpointError(f"checkpoint {path}: corrupt safetensors header (length {n})")
-    try:
-        header = json.loads(raw[8 : 8 + n])
-    except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"checkpoint {path}: corrupt safetensors header") from exc
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if meta is None:
-        return {}
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise CheckpointError(f"checkpoint {path}: corrupt safetensors metadata (expected strings)")
-    return dict(meta)
-
-
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata of a checkpoint, without loading its tensors into a network."""
+    """The string metadata of a checkpoint, without loading its tensors: only the header is read, and
+    checked (a JSON object of well-formed tensor entries, else :class:`CheckpointError`)."""
     path = Path(path)
-    raw = _read_raw(path, 8, head=True)  # the header only: its length, then the JSON
-    if len(raw) == 8:
-        (n,) = struct.unpack("<Q", raw)
-        if n <= MAX_HEADER_BYTES:
-            raw = _read_raw(path, 8 + n, head=True)
-    return _metadata_from_bytes(raw, path)
+    with _Guard(path), fileio.open_regular(path) as f:
+        return _header(f, path, MAX_CHECKPOINT_BYTES, whole=False)[2]
+
+
+def checkpoint_problem(path: str | os.PathLike, limit: int = MAX_CHECKPOINT_BYTES) -> str | None:
+    """Why ``path`` does not read back as a checkpoint (its header, or its size against what the header
+    declares), or ``None`` if it may. Reads only the header."""
+    path = Path(path)
+    try:
+        with _Guard(path), fileio.open_regular(path) as f:
+            _header(f, path, limit)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
 
 
 def read_extra_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -182,6 +261,16 @@ def read_extra_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     tensors, _ = _read(path)
     return {k[len(TRAIN_PREFIX) :]: v for k, v in tensors.items() if k.startswith(TRAIN_PREFIX)}
+
+
+def accepted_hashes(net: Any) -> set[str]:
+    """The spec hashes a checkpoint of ``net`` may carry: ``net.spec_hash`` and, for files written
+    before the hash left out the network's name, the older form (``Program.legacy_hash``)."""
+    out = {str(net.spec_hash)}
+    legacy = getattr(getattr(net, "program", None), "legacy_hash", None)
+    if legacy:
+        out.add(str(legacy))
+    return out
 
 
 def load_checkpoint(
@@ -199,6 +288,16 @@ def load_checkpoint(
     """
     path = Path(path)
     tensors, metadata = _read(path, _size_bound(net) if max_bytes is None else int(max_bytes))
+    model = check_fits(path, tensors, metadata, net, check_hash=check_hash)
+    copy_into(net, model)
+    return metadata
+
+
+def check_fits(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], net: Any, *, check_hash: bool = True
+) -> dict[str, torch.Tensor]:
+    """The checks of :func:`load_checkpoint` on tensors already read: returns the network's tensors
+    (those without :data:`TRAIN_PREFIX`), or raises :class:`CheckpointError`."""
     tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not an autoint checkpoint (format={metadata.get('format')!r})")
@@ -209,11 +308,12 @@ def load_checkpoint(
             f"(this autoint_compiler reads version {FORMAT_VERSION!r})"
         )
     file_hash = metadata.get("spec_hash", "")
-    if check_hash and file_hash != str(net.spec_hash):
+    if check_hash and file_hash not in accepted_hashes(net):
         raise CheckpointError(
             f"checkpoint {path}: spec hash mismatch: the file was saved from spec "
             f"{metadata.get('spec_name', '?')!r} with hash {file_hash}, but the network "
-            f"{getattr(net, 'name', '?')!r} has spec hash {net.spec_hash}"
+            f"{getattr(net, 'name', '?')!r} has spec hash {net.spec_hash} (a different architecture; "
+            "load_checkpoint(..., check_hash=False) loads it anyway if the tensors fit)"
         )
     module = net.integral if hasattr(net, "integral") else net
     own = module.state_dict()
@@ -235,8 +335,14 @@ def load_checkpoint(
                 f"checkpoint {path}: tensor {key!r} has dtype {str(value.dtype).replace('torch.', '')}, "
                 f"expected a floating-point tensor"
             )
+    return tensors
+
+
+def copy_into(net: Any, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Copy checked tensors (:func:`check_fits`) into ``net``'s state, in place."""
+    module = net.integral if hasattr(net, "integral") else net
+    own = module.state_dict()
     with torch.no_grad():
         for key, value in tensors.items():
             # copy_ keeps the parameter objects (shared with the grad network) and their device.
             own[key].copy_(value.to(dtype=own[key].dtype))
-    return metadata
