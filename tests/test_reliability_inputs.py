@@ -133,11 +133,11 @@ def _ruff(path: Path, limit: int):
 
 @pytest.mark.parametrize("act,integ", CASES, ids=[f"{str(a)[:12]}-{len(i)}" for a, i in CASES])
 def test_three_variable_mlp_code_fits_the_line_length(act, integ, tmp_path):
-    """A 3-layer, 3-variable MLP (the case that broke it): torch modules within 110 columns (fused and
-    not), Triton modules within the project's 120; ruff finds nothing else either."""
+    """A 3-layer, 3-variable MLP (the case that broke it): torch (fused and not) and Triton modules within
+    the project's 120 columns; ruff finds nothing else either."""
     spec = {"name": "m3", "inputs": {"x": 1, "y": 1, "z": 1}, "integrate": integ, "output": 1,
             "mlp": {"hidden": [16, 16, 16], "activation": act}}  # fmt: skip
-    for backend, fuse, limit in (("torch", True, 110), ("torch", False, 110), ("triton", True, 120)):
+    for backend, fuse, limit in (("torch", True, 120), ("torch", False, 120), ("triton", True, 120)):
         cs = compile_source(spec, backend, fuse=fuse) if backend == "torch" else compile_source(spec, backend)
         path = tmp_path / f"{backend}_{fuse}.py"
         path.write_text(cs.source, encoding="utf-8")
@@ -152,7 +152,7 @@ def test_wrapped_fused_functions_still_compute(act):
             "dtype": "float64", "seed": 0, "mlp": {"hidden": [16, 16, 16], "activation": act}}  # fmt: skip
     fused = ac.compile(spec)
     plain = ac.compile(spec, fuse=False)
-    assert max(map(len, fused.source.splitlines())) <= 110
+    assert max(map(len, fused.source.splitlines())) <= 120
     x = ac_inputs(fused, 8).requires_grad_(False)
     torch.testing.assert_close(fused.grad(x), plain.grad(x), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fused.grad(x), jvp_reference(fused, x), rtol=1e-8, atol=1e-8)

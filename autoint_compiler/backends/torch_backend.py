@@ -129,17 +129,17 @@ class FusedFunctions:
         names.update({gj: str(gj) for gj in gs})
         fixed = {j: primal[o] for j, o in enumerate(outs) if o in primal}
         args = ", ".join(str(u) for u in us)
-        gargs = ", ".join(str(x) for x in gs)
         kernel = name.lower()
         summary = "; ".join(f"o{j} = {o}" for j, o in enumerate(fusion.readable_outputs(g, region)))
         doc = textwrap.wrap(f"Fused elementwise region: {summary}.", width=96, break_long_words=True)
         outs_list = ", ".join(f"o{j}" for j in range(len(outs)))
-        lines = [f"def {kernel}_forward({args}):"]
+        ulist, glist = [str(u) for u in us], [str(x) for x in gs]
+        lines = sympy_print.wrap_list("", f"def {kernel}_forward(", ulist, "):")
         lines += FusedFunctions._body(outs, names, [f"o{j}" for j in range(len(outs))], fixed)
         lines += [f"    return {outs_list}", "", ""]
         live = [k for k, e in enumerate(grads) if e != 0]
         dlist = ", ".join(f"d{k}" for k in live)
-        lines += [f"def {kernel}_backward({args}, {gargs}):"]
+        lines += sympy_print.wrap_list("", f"def {kernel}_backward(", ulist + glist, "):")
         lines += FusedFunctions._body([grads[k] for k in live], names, [f"d{k}" for k in live])
         lines += [f"    return {dlist}" + ("," if len(live) == 1 else ""), "", ""]
         lines += [f"class {name}(torch.autograd.Function):"]
@@ -147,12 +147,18 @@ class FusedFunctions:
             lines.append(f'    """{doc[0]}"""')
         else:
             lines += [f'    """{doc[0]}'] + [f"    {d}" for d in doc[1:]] + ['    """']
-        lines += ["", "    @staticmethod", f"    def forward(ctx, {args}):"]
-        lines.append(f"        ctx.save_for_backward({args})")
-        lines.append(f'        return KERNELS["{kernel}_forward"]({args})')
-        lines += ["", "    @staticmethod", f"    def backward(ctx, {gargs}):"]
-        lines.append(f"        {args}, = ctx.saved_tensors" if len(us) == 1 else f"        {args} = ctx.saved_tensors")
-        lines.append(f'        {dlist}{"," if len(live) == 1 else ""} = KERNELS["{kernel}_backward"]({args}, {gargs})')
+        lines += ["", "    @staticmethod"]
+        lines += sympy_print.wrap_list("    ", "def forward(ctx, ", ulist, "):")
+        lines += sympy_print.wrap_list("        ", "ctx.save_for_backward(", ulist, ")")
+        lines += sympy_print.wrap_list("        ", f'return KERNELS["{kernel}_forward"](', ulist, ")")
+        lines += ["", "    @staticmethod"]
+        lines += sympy_print.wrap_list("    ", "def backward(ctx, ", glist, "):")
+        if len(us) == 1:
+            lines.append(f"        {args}, = ctx.saved_tensors")
+        else:
+            lines += sympy_print.wrap_list("        ", "(", ulist, ") = ctx.saved_tensors", bare=True)
+        lhs = f'{dlist}{"," if len(live) == 1 else ""} = '
+        lines += sympy_print.wrap_list("        ", f'{lhs}KERNELS["{kernel}_backward"](', ulist + glist, ")")
         rets = []
         for k in range(len(us)):
             if k not in live:

@@ -435,7 +435,13 @@ class _Emitter:
         return self.out
 
     def _labels(self, region: fusion.Region) -> str:
-        labels = [self.g.attrs(n)["fn"].label for n in region.nodes if self.g.op(n) == "pointwise"]
+        """The unit's functions by name (a derivative under its function's name; a long formula as
+        "formula"), so the comment stays one short line."""
+        labels = []
+        for n in region.nodes:
+            if self.g.op(n) == "pointwise":
+                label = self.g.attrs(n)["fn"].label.rstrip("'")
+                labels.append("formula" if len(label) > 24 else label)
         return ", ".join(dict.fromkeys(labels))
 
     def _call(self, targets: list[str], call: str, comment: str) -> None:
