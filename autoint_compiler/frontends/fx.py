@@ -66,8 +66,10 @@ def _orders(integrate, in_features: int) -> dict[int, int]:
 def _module_dtype(module: nn.Module) -> torch.dtype | None:
     dtypes = {t.dtype for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()}
     if len(dtypes) > 1:
-        raise CompileError(f"{WHERE}: the module mixes dtypes {sorted(map(str, dtypes))}: convert it to one "
-                           "(module.double() or module.float())")
+        raise CompileError(
+            f"{WHERE}: the module mixes dtypes {sorted(map(str, dtypes))}: convert it to one "
+            "(module.double() or module.float())"
+        )
     return dtypes.pop() if dtypes else None
 
 
@@ -89,8 +91,9 @@ def trace_module(
         raise CompileError(f"{WHERE}: in_features must be a positive integer, got {in_features!r}")
     orders = _orders(integrate, in_features)
     if forward_kwargs is not None and not isinstance(forward_kwargs, dict):
-        raise CompileError(f"{WHERE}: forward_kwargs must be a dict of forward's extra arguments, got "
-                           f"{type(forward_kwargs).__name__}")
+        raise CompileError(
+            f"{WHERE}: forward_kwargs must be a dict of forward's extra arguments, got {type(forward_kwargs).__name__}"
+        )
     if output is not None and (isinstance(output, bool) or not isinstance(output, (int, str))):
         raise CompileError(f"{WHERE}: output must be an index (tuple return) or a key (dict return), got {output!r}")
     dtype = check_dtype(dtype, WHERE)
@@ -112,7 +115,11 @@ def trace_module(
     wrt = tuple(f"x{c}" for c, k in orders.items() for _ in range(k))
     constants = {r.path.removeprefix("inner."): r.value for r in traced.recorded}
     program = make_program(
-        integral, name=display, dtype=dtype, wrt=wrt, source=f"<module {type(module).__name__}>",
+        integral,
+        name=display,
+        dtype=dtype,
+        wrt=wrt,
+        source=f"<module {type(module).__name__}>",
         meta={"constants": constants},
     )
     live = LiveState(traced.root, lowering.bindings, traced.recorded, Lowering.display)

@@ -148,8 +148,11 @@ def _hardtanh(L, node, input, min_val=-1.0, max_val=1.0, inplace=False):
 def _dropout(L, node, input, p=0.5, training=True, inplace=False):
     p = L.finite(node, p, "p")
     if training and p > 0:
-        L.refuse(node, f"dropout in training mode (p={p})", "call module.eval() before compile_module (dropout is "
-                 "then the identity), or pass training=False")
+        L.refuse(
+            node,
+            f"dropout in training mode (p={p})",
+            "call module.eval() before compile_module (dropout is then the identity), or pass training=False",
+        )
     return L.ref(node, input)
 
 
@@ -225,8 +228,11 @@ def _linear(L, node, input, weight, bias=None):
 def _matmul(L, node, input, other, *, out=None):
     _no_out(L, node, out)
     if not isinstance(other, State) or not isinstance(input, Ref):
-        L.refuse(node, "a matrix product of two tensors computed from x",
-                 "multiply x (left) by a parameter or buffer (right): x @ W")
+        L.refuse(
+            node,
+            "a matrix product of two tensors computed from x",
+            "multiply x (left) by a parameter or buffer (right): x @ W",
+        )
     if other.value.dim() != 2:
         L.refuse(node, f"x @ {other.text} with a {other.value.dim()}-D right operand", "use a 2-D matrix")
     from .fx_state import apply
@@ -360,14 +366,16 @@ def _unsqueeze(L, node, input, dim):
 
 def _sum(L, node, input, dim=None, keepdim=False, *, dtype=None, out=None):
     _no_out(L, node, out)
-    if dim not in (1, -1, (1,), (-1,), [1], [-1]) or not keepdim or isinstance(input, Col):
-        L.refuse(node, f"sum(dim={dim}, keepdim={keepdim})", "sum the features with dim=-1, keepdim=True")
-    return Ref(L.b.sum(L.ref(node, input)))
+    if dim not in (1, -1, (1,), (-1,), [1], [-1]) or isinstance(input, Col) or dtype is not None:
+        L.refuse(node, f"sum(dim={dim}, dtype={dtype})", "sum the features: dim=-1")
+    s = L.b.sum(L.ref(node, input))
+    return Ref(s) if keepdim else Col(s)
 
 
 def _mean(L, node, input, dim=None, keepdim=False, *, dtype=None, out=None):
     s = _sum(L, node, input, dim, keepdim, dtype=dtype, out=out)
-    return Ref(L.b.scale(s, 1.0 / L.g.width(L.ref(node, input))))
+    out = L.b.scale(s, 1.0 / L.g.width(L.ref(node, input)))
+    return Ref(out) if keepdim else Col(out)
 
 
 def _getattr(L, node, obj, name, *default):
@@ -502,14 +510,31 @@ MODULES: dict[type, ModuleRow] = {
 }
 
 #: calls refused on purpose: what they are and what to write instead
-_HASH = ("integer grid / hash-table encoders (Instant-NGP style) index tables with integer coordinates: Φ is "
-         "piecewise constant in x there, AutoInt needs a smooth network; use a Fourier or positional encoding")
+_HASH = (
+    "integer grid / hash-table encoders (Instant-NGP style) index tables with integer coordinates: Φ is "
+    "piecewise constant in x there, AutoInt needs a smooth network; use a Fourier or positional encoding"
+)
 KNOWN_REFUSALS: dict[Any, str] = {
-    torch.floor: _HASH, torch.ceil: _HASH, torch.round: _HASH, torch.frac: _HASH, torch.remainder: _HASH,
-    torch.fmod: _HASH, operator.mod: _HASH, operator.floordiv: _HASH, operator.xor: _HASH,
-    torch.bitwise_xor: _HASH, F.embedding: _HASH, F.grid_sample: _HASH, F.interpolate: _HASH,
-    _m("long"): _HASH, _m("int"): _HASH, _m("floor"): _HASH, _m("ceil"): _HASH, _m("round"): _HASH,
-    _m("frac"): _HASH, _m("__mod__"): _HASH,
+    torch.floor: _HASH,
+    torch.ceil: _HASH,
+    torch.round: _HASH,
+    torch.frac: _HASH,
+    torch.remainder: _HASH,
+    torch.fmod: _HASH,
+    operator.mod: _HASH,
+    operator.floordiv: _HASH,
+    operator.xor: _HASH,
+    torch.bitwise_xor: _HASH,
+    F.embedding: _HASH,
+    F.grid_sample: _HASH,
+    F.interpolate: _HASH,
+    _m("long"): _HASH,
+    _m("int"): _HASH,
+    _m("floor"): _HASH,
+    _m("ceil"): _HASH,
+    _m("round"): _HASH,
+    _m("frac"): _HASH,
+    _m("__mod__"): _HASH,
     torch.view_as_real: "complex-valued networks (e.g. WIRE) are not supported: the IR is real-valued",
     torch.view_as_complex: "complex-valued networks (e.g. WIRE) are not supported: the IR is real-valued",
     torch.complex: "complex-valued networks (e.g. WIRE) are not supported: the IR is real-valued",
@@ -535,15 +560,20 @@ def bind(call: Call, L, node, args, kwargs):
         inspect.signature(call.rule).bind(L, node, *args, **kwargs)
     except TypeError as exc:
         accepted = ", ".join(call.keywords) or "none"
-        L.refuse(node, f"{call.name} called with {_describe(args, kwargs)} ({exc})",
-                 f"the arguments torch documents that this compiler handles (keywords: {accepted})")
+        L.refuse(
+            node,
+            f"{call.name} called with {_describe(args, kwargs)} ({exc})",
+            f"the arguments torch documents that this compiler handles (keywords: {accepted})",
+        )
     return call.rule(L, node, *args, **kwargs)
 
 
 def _describe(args, kwargs) -> str:
     parts = [type(a).__name__ if not is_number(a) else repr(a) for a in args]
-    parts += [f"{k}={v!r}" if is_number(v) or v is None or isinstance(v, (str, bool)) else f"{k}=..."
-              for k, v in kwargs.items()]
+    parts += [
+        f"{k}={v!r}" if is_number(v) or v is None or isinstance(v, (str, bool)) else f"{k}=..."
+        for k, v in kwargs.items()
+    ]
     return "(" + ", ".join(parts) + ")"
 
 

@@ -30,8 +30,9 @@ _OWN_FILES = ("/torch/", "autoint_compiler/frontends/fx")
 
 def source_line(node: fx.Node) -> str:
     trace = (node.stack_trace or "").strip().splitlines()
-    files = [i for i, line in enumerate(trace)
-             if line.strip().startswith("File ") and not any(f in line for f in _OWN_FILES)]
+    files = [
+        i for i, line in enumerate(trace) if line.strip().startswith("File ") and not any(f in line for f in _OWN_FILES)
+    ]
     if not files:
         return "source line unknown"
     i = files[-1]
@@ -50,13 +51,24 @@ def _has(obj, cls) -> bool:
     return False
 
 
-_IDENTITY_ALIASES = {"Tensor.detach", "Tensor.requires_grad_", "Tensor.contiguous", "Tensor.to", "Tensor.float",
-                     "Tensor.double", "Tensor.type_as", "Tensor.view", "torch.flatten", "unary +"}
+_IDENTITY_ALIASES = {
+    "Tensor.detach",
+    "Tensor.requires_grad_",
+    "Tensor.contiguous",
+    "Tensor.to",
+    "Tensor.float",
+    "Tensor.double",
+    "Tensor.type_as",
+    "Tensor.view",
+    "torch.flatten",
+    "unary +",
+}
 
 
 class Lowering:
-    def __init__(self, traced: Traced, in_features: int, orders: dict[int, int], name: str, dtype: torch.dtype,
-                 output=None):
+    def __init__(
+        self, traced: Traced, in_features: int, orders: dict[int, int], name: str, dtype: torch.dtype, output=None
+    ):
         self.traced = traced
         self.root = traced.root
         self.dtype = dtype
@@ -91,7 +103,7 @@ class Lowering:
     # -- messages ------------------------------------------------------------------------------------
     @staticmethod
     def display(path: str) -> str:
-        return path[len("inner."):] if path.startswith("inner.") else path
+        return path[len("inner.") :] if path.startswith("inner.") else path
 
     def refuse(self, node: fx.Node, what: str, instead: str):
         raise CompileError(f"compile_module cannot compile {what} at {source_line(node)}; instead: {instead}")
@@ -104,11 +116,15 @@ class Lowering:
     # -- values ------------------------------------------------------------------------------------
     def ref(self, node, v) -> Ref:
         if isinstance(v, Col):
-            self.refuse(node, "a 1-D column where a tensor [N, features] is expected", "keep it 2-D: x[:, i:i+1], "
-                        "or col.unsqueeze(-1)")
+            self.refuse(
+                node,
+                "a 1-D column where a tensor [N, features] is expected",
+                "keep it 2-D: x[:, i:i+1], or col.unsqueeze(-1)",
+            )
         if not isinstance(v, Ref):
-            self.refuse(node, f"a {type(v).__name__} where a tensor computed from x is expected",
-                        "compute it from the input x")
+            self.refuse(
+                node, f"a {type(v).__name__} where a tensor computed from x is expected", "compute it from the input x"
+            )
         return v
 
     def keep(self, node, v):
@@ -134,8 +150,12 @@ class Lowering:
 
     def _complex(self, node, *vs):
         if any(isinstance(v, complex) for v in vs):
-            self.refuse(node, "arithmetic with a complex number", "a real-valued network: complex-valued networks "
-                        "(e.g. WIRE's exp(1j·ω·x)) are not supported, the IR is real-valued")
+            self.refuse(
+                node,
+                "arithmetic with a complex number",
+                "a real-valued network: complex-valued networks "
+                "(e.g. WIRE's exp(1j·ω·x)) are not supported, the IR is real-valued",
+            )
 
     def operand(self, node, v, other) -> tuple[int, bool]:
         """An IR node for an arithmetic operand; second: True for a column [N] (or a scalar)."""
@@ -145,8 +165,9 @@ class Lowering:
             return self.b.const([float(v)]), True
         if isinstance(v, State):
             return self.row(node, v), v.value.dim() == 0
-        self.refuse(node, f"arithmetic with a {type(v).__name__}", "use tensors computed from x, numbers or module "
-                    "tensors")
+        self.refuse(
+            node, f"arithmetic with a {type(v).__name__}", "use tensors computed from x, numbers or module tensors"
+        )
 
     def arith(self, node, op: str, a, c):
         self._complex(node, a, c)
@@ -155,15 +176,20 @@ class Lowering:
         if op == "mul" and (is_number(a) or is_number(c)):
             v, k = (c, a) if is_number(a) else (a, c)
             if isinstance(v, Ref):
-                out = self.b.scale(v, float(k))
+                # 0 * v is a zero row (a region of scale-by-0 nodes would fuse to constants, not tensors)
+                out = self.b.const([0.0] * self.g.width(v)) if float(k) == 0.0 else self.b.scale(v, float(k))
                 return Col(out) if isinstance(v, Col) else Ref(out)
         na, ca = self.operand(node, a, c)
         nc, cc = self.operand(node, c, a)
         wa, wc = self.g.width(na), self.g.width(nc)
         col_a, col_c = isinstance(a, Col), isinstance(c, Col)
         if (col_a and not cc and wc != 1) or (col_c and not ca and wa != 1):
-            self.refuse(node, f"{op} of a 1-D column and a tensor of {max(wa, wc)} features (torch broadcasts them "
-                        "to [N, N] or fails)", "make the column 2-D first: col.unsqueeze(-1)")
+            self.refuse(
+                node,
+                f"{op} of a 1-D column and a tensor of {max(wa, wc)} features (torch broadcasts them "
+                "to [N, N] or fails)",
+                "make the column 2-D first: col.unsqueeze(-1)",
+            )
         if wa != wc and 1 not in (wa, wc):
             self.refuse(node, f"{op} of widths {wa} and {wc}", "equal widths, or width 1 (broadcast)")
         out = getattr(self.b, op)(na, nc)
@@ -218,16 +244,22 @@ class Lowering:
         if not torch.is_tensor(v) or not v.is_floating_point():
             self.refuse(node, f"module value {s.text} ({type(v).__name__})", "a floating-point tensor")
         if v.dtype != self.dtype:
-            self.refuse(node, f"module tensor {s.text} of dtype {v.dtype} in a {self.dtype} network",
-                        "give every module tensor the network's dtype (module.to(dtype)), or pass dtype=")
+            self.refuse(
+                node,
+                f"module tensor {s.text} of dtype {v.dtype} in a {self.dtype} network",
+                "give every module tensor the network's dtype (module.to(dtype)), or pass dtype=",
+            )
 
     def row(self, node, s: State) -> int:
         """A state used elementwise: a constant row, or a one-column parameter bound live."""
         self._check_state(node, s)
         v = s.value
         if v.dim() > 2 or (v.dim() == 2 and v.shape[0] != 1):
-            self.refuse(node, f"module tensor {s.text} of shape {tuple(v.shape)} used elementwise",
-                        "a row: shape [features], [1, features] or a scalar")
+            self.refuse(
+                node,
+                f"module tensor {s.text} of shape {tuple(v.shape)} used elementwise",
+                "a row: shape [features], [1, features] or a scalar",
+            )
         if s.constant:
             return self.b.const(v.double().flatten().tolist())
         name = self._param_name(self.display(s.text))
@@ -240,14 +272,20 @@ class Lowering:
         a = self.ref(node, a)
         for s, what in ((W, "weight"), (bias, "bias")):
             if s is not None and not isinstance(s, State):
-                self.refuse(node, f"a linear layer whose {what} is computed from x", f"a {what} that is a parameter "
-                            "or buffer of the module")
+                self.refuse(
+                    node,
+                    f"a linear layer whose {what} is computed from x",
+                    f"a {what} that is a parameter or buffer of the module",
+                )
         self._check_state(node, W)
         w = W.value
         width = self.g.width(a)
         if w.dim() != 2 or w.shape[1] != width:
-            self.refuse(node, f"a linear map with weight {W.text} of shape {tuple(w.shape)} applied to {width} "
-                        "features", f"a weight of shape [out, {width}]")
+            self.refuse(
+                node,
+                f"a linear map with weight {W.text} of shape {tuple(w.shape)} applied to {width} features",
+                f"a weight of shape [out, {width}]",
+            )
         if bias is not None:
             self._check_state(node, bias)
             if bias.value.shape != (w.shape[0],):
@@ -300,13 +338,19 @@ class Lowering:
         if self._tensors is None:
             self._tensors = [(self.display(p), v) for p, v in all_tensors(self.root)]
         if t.requires_grad:
-            self.refuse(node, "a tensor computed from the module's parameters outside the traced graph (fx would "
-                        "freeze it)", "compute it inside forward from the parameters themselves")
+            self.refuse(
+                node,
+                "a tensor computed from the module's parameters outside the traced graph (fx would freeze it)",
+                "compute it inside forward from the parameters themselves",
+            )
         for p, v in self._tensors:
             if v.numel() and t.numel() and v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
-                self.refuse(node, f"a tensor computed from the module tensor {p} outside the traced graph (fx would "
-                            "freeze it)", f"register {p} as a buffer (self.register_buffer({p.rpartition('.')[2]!r}, "
-                            "...)) so it is read live")
+                self.refuse(
+                    node,
+                    f"a tensor computed from the module tensor {p} outside the traced graph (fx would freeze it)",
+                    f"register {p} as a buffer (self.register_buffer({p.rpartition('.')[2]!r}, "
+                    "...)) so it is read live",
+                )
         return S.constant(t, "a constant tensor")
 
     # -- structure -------------------------------------------------------------------------------------
@@ -357,8 +401,9 @@ class Lowering:
             elif isinstance(sel, (list, tuple)) and all(isinstance(i, int) and -width <= i < width for i in sel):
                 if not rest and sel:
                     return Ref(self.b.concat([self.b.slice(obj, i % width, i % width + 1) for i in sel]))
-        self.refuse(node, f"indexing with {idx!r}", "select columns: x[:, a:b], x[:, i] (1-D), x[:, i:i+1] or "
-                    "x[:, [i, j]]")
+        self.refuse(
+            node, f"indexing with {idx!r}", "select columns: x[:, a:b], x[:, i] (1-D), x[:, i:i+1] or x[:, [i, j]]"
+        )
 
     def reshape(self, node, obj, shape):
         if not isinstance(obj, Ref):
@@ -382,8 +427,12 @@ class Lowering:
             row = MODULES.get(type(mod))
             if row is None:
                 why = KNOWN_REFUSALS.get(type(mod))
-                self.refuse(node, f"the module {where}", why or "a supported module or plain torch code in forward "
-                            "(see the README's fx section for the list)")
+                self.refuse(
+                    node,
+                    f"the module {where}",
+                    why
+                    or "a supported module or plain torch code in forward (see the README's fx section for the list)",
+                )
             if kwargs or len(args) != 1:
                 self.refuse(node, f"calling {where} with {len(args)} arguments", "call it on one tensor")
             return row.rule(self, node, mod, args[0]), bool(getattr(mod, "inplace", False))
@@ -394,8 +443,11 @@ class Lowering:
         call = CALLS.get(key) if _hashable(key) else None
         if call is None:
             why = KNOWN_REFUSALS.get(key) if _hashable(key) else None
-            self.refuse(node, f"{name}", why or "a supported call (see the README's fx section), or write it with "
-                        "supported ones")
+            self.refuse(
+                node,
+                f"{name}",
+                why or "a supported call (see the README's fx section), or write it with supported ones",
+            )
         return bind(call, self, node, args, kwargs), call.inplace or kwargs.get("inplace") is True
 
     def state_call(self, node, key, name: str, args, kwargs):
@@ -403,8 +455,11 @@ class Lowering:
         if isinstance(key, tuple):
             method = key[1]
             if method.endswith("_") and not method.endswith("__"):
-                self.refuse(node, f"the in-place {name} on module state", "an out-of-place op (it would change the "
-                            "module's tensors on every call)")
+                self.refuse(
+                    node,
+                    f"the in-place {name} on module state",
+                    "an out-of-place op (it would change the module's tensors on every call)",
+                )
 
             def func(obj, *a, **k):
                 return getattr(obj, method)(*a, **k)
@@ -438,8 +493,11 @@ class Lowering:
             self.refuse(node, "an in-place op on a value that is not a traced tensor", "an out-of-place op")
         owner = self.alias.get(target, target)
         if target in self.view_nodes or owner in self.viewed:
-            self.refuse(node, "an in-place op on a slice (or on a tensor a slice was taken of)",
-                        "an out-of-place op: h = F.relu(h)")
+            self.refuse(
+                node,
+                "an in-place op on a slice (or on a tensor a slice was taken of)",
+                "an out-of-place op: h = F.relu(h)",
+            )
         for n, o in list(self.alias.items()):
             if o is owner:
                 self.values[n] = value
@@ -486,29 +544,40 @@ class Lowering:
         if output is not None:
             if isinstance(out, dict):
                 if output not in out:
-                    raise CompileError(f"compile_module: output={output!r} is not a key of {where} (keys: "
-                                       f"{', '.join(map(repr, out))})")
+                    raise CompileError(
+                        f"compile_module: output={output!r} is not a key of {where} (keys: {', '.join(map(repr, out))})"
+                    )
                 out = out[output]
             elif isinstance(out, (tuple, list)) and not isinstance(out, Ref):
                 if isinstance(output, bool) or not isinstance(output, int) or not -len(out) <= output < len(out):
-                    raise CompileError(f"compile_module: output={output!r} is not an index of {where} (a "
-                                       f"{type(out).__name__} of {len(out)})")
+                    raise CompileError(
+                        f"compile_module: output={output!r} is not an index of {where} (a "
+                        f"{type(out).__name__} of {len(out)})"
+                    )
                 out = out[output]
             else:
-                raise CompileError(f"compile_module: output={output!r} selects from a tuple or dict, but forward "
-                                   "returns one tensor: drop output=")
+                raise CompileError(
+                    f"compile_module: output={output!r} selects from a tuple or dict, but forward "
+                    "returns one tensor: drop output="
+                )
         elif isinstance(out, dict):
-            raise CompileError(f"compile_module: forward returns a dict: pass output=<key> to choose the tensor to "
-                               f"compile (keys: {', '.join(map(repr, out))})")
+            raise CompileError(
+                f"compile_module: forward returns a dict: pass output=<key> to choose the tensor to "
+                f"compile (keys: {', '.join(map(repr, out))})"
+            )
         elif isinstance(out, (tuple, list)) and not isinstance(out, Ref):
-            raise CompileError(f"compile_module: forward returns a {type(out).__name__} of {len(out)}: pass "
-                               f"output=<index> (0..{len(out) - 1}) to choose the tensor to compile")
+            raise CompileError(
+                f"compile_module: forward returns a {type(out).__name__} of {len(out)}: pass "
+                f"output=<index> (0..{len(out) - 1}) to choose the tensor to compile"
+            )
         if isinstance(out, Col):
-            raise CompileError("compile_module: the output is 1-D [N]: return a tensor [N, out_features] "
-                               "(out.unsqueeze(-1))")
+            raise CompileError(
+                "compile_module: the output is 1-D [N]: return a tensor [N, out_features] (out.unsqueeze(-1))"
+            )
         if not isinstance(out, Ref):
-            raise CompileError(f"compile_module: the output is a {type(out).__name__}, not a tensor [N, out_features] "
-                               "computed from x")
+            raise CompileError(
+                f"compile_module: the output is a {type(out).__name__}, not a tensor [N, out_features] computed from x"
+            )
         self.g.graph["outputs"] = [int(out)]
         return self.g
 

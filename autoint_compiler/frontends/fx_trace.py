@@ -75,9 +75,9 @@ def check_module(module: nn.Module, name: str) -> None:
     for path, m in module.named_modules():
         where = f"{name}.{path}" if path else name
         pre = [h for h in m._forward_pre_hooks.values() if not _weight_norm_hook(h)]
-        hooks = [
-            (f"forward pre-hook {_hname(h)}", h) for h in pre
-        ] + [(f"forward hook {_hname(h)}", h) for h in m._forward_hooks.values()]
+        hooks = [(f"forward pre-hook {_hname(h)}", h) for h in pre] + [
+            (f"forward hook {_hname(h)}", h) for h in m._forward_hooks.values()
+        ]
         hooks += [(f"backward hook {_hname(h)}", h) for h in m._backward_hooks.values()]
         hooks += [(f"backward pre-hook {_hname(h)}", h) for h in getattr(m, "_backward_pre_hooks", {}).values()]
         if hooks:
@@ -125,6 +125,8 @@ class _Tracer(fx.Tracer):
         # a parametrized module is traced through, so its weight's formula is recorded from live originals
         if isinstance(getattr(m, "parametrizations", None), nn.ModuleDict):
             return False
+        if type(m).__module__ == "torch.nn.utils.parametrize" or type(m).__name__ == "_WeightNorm":
+            return False  # ParametrizationList and the weight-norm formula itself
         return super().is_leaf_module(m, qualname)
 
 
@@ -178,8 +180,11 @@ def _record_scalars(root: nn.Module, skip: nn.Module):
                     log[(id(self), name)] = Recorded(self, name, v, f"{path}.{name}" if path else name)
             return v
 
-        return type(cls.__name__, (cls,), {"__getattribute__": getattribute, "__module__": cls.__module__,
-                                          "__qualname__": cls.__qualname__})
+        return type(
+            cls.__name__,
+            (cls,),
+            {"__getattribute__": getattribute, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
 
     for m in root.modules():
         if m is skip:
@@ -227,8 +232,11 @@ def trace(module: nn.Module, forward_kwargs: dict, input_key: str | None, name: 
 def _last_user_line(exc: BaseException) -> str:
     import traceback
 
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename
-              and "autoint_compiler" not in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "/torch/" not in f.filename and "autoint_compiler" not in f.filename
+    ]
     if not frames:
         return ""
     f = frames[-1]
@@ -252,11 +260,9 @@ def _bind_signature(module: nn.Module, forward_kwargs: dict, input_key: str | No
     takes_var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
     unknown = sorted(set(forward_kwargs) - names) if not takes_var_kw else []
     if unknown:
-        raise CompileError(
-            f"compile_module: forward_kwargs names {unknown}, which {name}.forward{sig} does not take"
-        )
+        raise CompileError(f"compile_module: forward_kwargs names {unknown}, which {name}.forward{sig} does not take")
     out = dict(forward_kwargs)
-    for p in params[params.index(positional[0]) + 1:]:
+    for p in params[params.index(positional[0]) + 1 :]:
         if p.name in out or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is inspect.Parameter.empty:
