@@ -6,6 +6,7 @@ compile it: ``Case(name, factory, in_features, integrate, kwargs)``; ``tests/tes
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -593,3 +594,16 @@ CORPUS = [
     Case("reciprocal-sqrt", Reciprocal, 2, {0: 2}),
     Case("dict-input", lambda: DictInput(DictNet(), "coords"), 2, [0]),
 ]
+
+
+@contextlib.contextmanager
+def detach_is_identity():
+    """SIREN's ``coords.clone().detach().requires_grad_(True)`` re-roots autograd; as a function of x it is
+    the identity, which is what the compiled networks differentiate: the reference does the same."""
+    original = torch.Tensor.detach, torch.Tensor.requires_grad_
+    torch.Tensor.detach = lambda self: self
+    torch.Tensor.requires_grad_ = lambda self, requires_grad=True: self  # (functorch refuses it inside jvp)
+    try:
+        yield
+    finally:
+        torch.Tensor.detach, torch.Tensor.requires_grad_ = original

@@ -6,27 +6,13 @@ user's module is left exactly as it was."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
 import torch
-from fx_corpus import CORPUS
+from fx_corpus import CORPUS, detach_is_identity
 
 import autoint_compiler as ac
-
-
-@contextlib.contextmanager
-def detach_is_identity():
-    """SIREN's ``coords.clone().detach().requires_grad_(True)`` re-roots autograd; as a function of x it is
-    the identity, which is what the compiled networks differentiate: the reference does the same."""
-    original = torch.Tensor.detach, torch.Tensor.requires_grad_
-    torch.Tensor.detach = lambda self: self
-    torch.Tensor.requires_grad_ = lambda self, requires_grad=True: self  # (functorch refuses it inside jvp)
-    try:
-        yield
-    finally:
-        torch.Tensor.detach, torch.Tensor.requires_grad_ = original
 
 
 def call(case, module, x):

@@ -387,8 +387,30 @@ def _size(L, node, input, dim=None):
     return shape if dim is None else shape[dim]
 
 
-def _assert(L, node, condition, message=None):
-    return None
+# --- in-place Tensor methods: the same rules, with the method's own signature (no out=) ---------------
+
+
+def _inplace(rule, n_tensors: int = 0):
+    """``rule`` for ``Tensor.<name>_(self[, other])``: no keywords of its own."""
+    if n_tensors:
+        return lambda L, node, input, other: rule(L, node, input, other)
+    return lambda L, node, input: rule(L, node, input)
+
+
+def _clamp_(L, node, input, min=None, max=None):  # noqa: A002
+    return _clamp(L, node, input, min, max)
+
+
+def _add_(L, node, input, other, *, alpha=1):
+    return _add(L, node, input, other, alpha=alpha)
+
+
+def _sub_(L, node, input, other, *, alpha=1):
+    return _sub(L, node, input, other, alpha=alpha)
+
+
+def _div_(L, node, input, other, *, rounding_mode=None):
+    return _div(L, node, input, other, rounding_mode=rounding_mode)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -411,14 +433,14 @@ def _m(name: str) -> tuple[str, str]:
 for _fn in ("sin", "cos", "exp", "log", "tanh", "sigmoid", "abs"):
     _rule = _pw(_fn)
     _row(f"torch.{_fn}", _rule, getattr(torch, _fn), _m(_fn))
-    _row(f"Tensor.{_fn}_", _rule, _m(f"{_fn}_"), inplace=True)
+    _row(f"Tensor.{_fn}_", _inplace(_rule), _m(f"{_fn}_"), inplace=True)
 _row("torch.absolute", _pw("abs"), torch.absolute, _m("absolute"))
 _row("F.tanh", _pw("tanh"), F.tanh)
 _row("F.sigmoid", _pw("sigmoid"), F.sigmoid)
 _row("torch.sqrt", _sqrt, torch.sqrt, _m("sqrt"))
 _row("torch.square", _square, torch.square, _m("square"))
 _row("F.relu", _relu, F.relu, torch.relu, _m("relu"))
-_row("F.relu_", _relu, F.relu_, torch.relu_, _m("relu_"), inplace=True)
+_row("F.relu_", _inplace(_relu), F.relu_, torch.relu_, _m("relu_"), inplace=True)
 _row("F.leaky_relu", _leaky_relu, F.leaky_relu)
 _row("F.elu", _elu, F.elu)
 _row("F.selu", _selu, F.selu, torch.selu)
@@ -427,20 +449,20 @@ _row("F.gelu", _gelu, F.gelu)
 _row("F.softplus", _softplus, F.softplus)
 _row("F.hardtanh", _hardtanh, F.hardtanh)
 _row("torch.clamp", _clamp, torch.clamp, torch.clip, _m("clamp"), _m("clip"))
-_row("Tensor.clamp_", _clamp, _m("clamp_"), _m("clip_"), inplace=True)
+_row("Tensor.clamp_", _clamp_, _m("clamp_"), _m("clip_"), inplace=True)
 _row("torch.clamp_min", _clamp_min, torch.clamp_min, _m("clamp_min"))
 _row("torch.clamp_max", _clamp_max, torch.clamp_max, _m("clamp_max"))
 _row("F.dropout", _dropout, F.dropout)
 _row("torch.dropout", _torch_dropout, torch.dropout)
 _row("torch.add", _add, torch.add, _m("add"))
-_row("Tensor.add_", _add, _m("add_"), inplace=True)
+_row("Tensor.add_", _add_, _m("add_"), inplace=True)
 _row("torch.sub", _sub, torch.sub, torch.subtract, _m("sub"), _m("subtract"))
-_row("Tensor.sub_", _sub, _m("sub_"), inplace=True)
+_row("Tensor.sub_", _sub_, _m("sub_"), inplace=True)
 _row("torch.rsub", _rsub, torch.rsub)
 _row("torch.mul", _mul, torch.mul, torch.multiply, _m("mul"), _m("multiply"))
-_row("Tensor.mul_", _mul, _m("mul_"), inplace=True)
+_row("Tensor.mul_", _inplace(_mul, 1), _m("mul_"), inplace=True)
 _row("torch.div", _div, torch.div, torch.divide, torch.true_divide, _m("div"), _m("divide"), _m("true_divide"))
-_row("Tensor.div_", _div, _m("div_"), inplace=True)
+_row("Tensor.div_", _div_, _m("div_"), inplace=True)
 _row("torch.neg", _neg, torch.neg, torch.negative, _m("neg"), _m("negative"))
 _row("torch.pow", _pow, torch.pow, _m("pow"))
 _row("+", _op2("add"), operator.add)
@@ -478,7 +500,6 @@ _row("torch.sum", _sum, torch.sum, _m("sum"))
 _row("torch.mean", _mean, torch.mean, _m("mean"))
 _row("getattr", _getattr, builtins.getattr)
 _row("Tensor.size", _size, _m("size"))
-_row("torch._assert", _assert, torch._assert)
 
 
 # --- leaf modules: type -> (rule over the module's attributes, the attributes it reads) ------------------
