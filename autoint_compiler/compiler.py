@@ -303,6 +303,9 @@ def compile(  # noqa: A001 - the package's verb
     ``seed`` (default: the spec's ``seed``) makes the initial weights reproducible; ``dtype`` and
     ``device`` default to the spec's dtype and the CPU; ``fuse`` see ``compile_source``.
     """
-    cs = compile_source(spec, backend, fuse=fuse)
+    from .arguments import check_backend, check_dtype, torch_dtype  # shared with compile_module
+
+    dtype = torch_dtype(check_dtype(dtype, "compile"))
+    cs = compile_source(spec, check_backend(backend, "compile"), fuse=fuse)
     seed = cs.spec.seed if seed is None else seed
     return instantiate(cs, backend or cs.spec.backend, seed=seed, dtype=dtype, device=device)

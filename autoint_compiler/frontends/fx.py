@@ -64,7 +64,9 @@ def _orders(integrate, in_features: int) -> dict[int, int]:
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype | None:
-    dtypes = {t.dtype for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()}
+    from .fx_trace import all_tensors
+
+    dtypes = {t.dtype for _, t in all_tensors(module) if t.is_floating_point()}
     if len(dtypes) > 1:
         raise CompileError(
             f"{WHERE}: the module mixes dtypes {sorted(map(str, dtypes))}: convert it to one "

@@ -481,6 +481,8 @@ class Lowering:
             except Exception as exc:  # noqa: BLE001 - reported with the user's line
                 self.refuse(node, f"{name} ({type(exc).__name__}: {exc})", "valid arguments")
         text = f"{name}({', '.join(s.text for s in states)})"
+        if getattr(key, "__name__", "") == "__get__" and hasattr(getattr(key, "__self__", None), "__name__"):
+            text = f"{states[0].text}.{key.__self__.__name__}"  # B.T, w.mT: an attribute of a tensor
         try:
             s = S.apply(func, args, kwargs, text)
         except Exception as exc:  # noqa: BLE001
