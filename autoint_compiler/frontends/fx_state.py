@@ -125,8 +125,9 @@ class LiveState:
             now = getattr(r.owner, r.name, None)
             if type(now) is not type(r.value) or now != r.value:
                 raise CompileError(
-                    f"module attribute {self.display(r.path)} was {r.value!r} when compile_module traced forward and is now "
-                    f"{now!r}: the compiled networks use {r.value!r}; call compile_module again after changing it"
+                    f"module attribute {self.display(r.path)} was {r.value!r} when compile_module traced forward "
+                    f"and is now {now!r}: the compiled networks use {r.value!r}; call compile_module again after "
+                    "changing it"
                 )
 
     def sources_of(self, s: State) -> list[tuple[str, nn.Parameter]]:
