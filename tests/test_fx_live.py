@@ -41,6 +41,30 @@ def test_replaced_buffer_and_in_place_edits_are_seen():
     assert "B_weight" not in dict(net.grad.named_parameters())  # a buffer is read, never trained
 
 
+def test_lower_order_networks_read_state_live():
+    """``net.derivative`` (used by ``net.integrate`` for higher orders) builds networks that follow the module too."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(2, 6)), nn.SiLU(), nn.Linear(6, 1))
+    module = module.double()
+    net = ac.compile_module(module, 2, {0: 2})
+    d1 = net.derivative({"x0": 1})
+    with torch.no_grad():
+        module[0].parametrizations.weight.original1.mul_(1.7)  # v of g·v/‖v‖: the direction changes
+        module[0].parametrizations.weight.original0.add_(0.3)  # g: the norm changes
+    x = _x()
+    e = torch.zeros_like(x)
+    e[:, 0] = 1
+    ref = torch.func.jvp(module, (x,), (e,))[1]
+    assert torch.allclose(d1(x).detach(), ref, rtol=1e-10, atol=1e-12)
+    lower, upper = torch.full((16, 1), -0.5, dtype=torch.float64), torch.full((16, 1), 0.5, dtype=torch.float64)
+    xs = x.clone()
+    hi, lo = xs.clone(), xs.clone()
+    hi[:, 0], lo[:, 0] = 0.5, -0.5
+    e_hi = torch.func.jvp(module, (hi,), (e,))[1]
+    e_lo = torch.func.jvp(module, (lo,), (e,))[1]
+    assert torch.allclose(net.integrate(lower, upper, x).detach(), e_hi - e_lo, rtol=1e-9, atol=1e-11)
+
+
 def test_python_attributes_are_reported_and_guarded():
     torch.manual_seed(0)
     module = AnnealedEncoding().double()

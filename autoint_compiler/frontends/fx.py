@@ -128,6 +128,21 @@ def trace_module(
     return program, live
 
 
+def _live_derivatives(net, live: LiveState):
+    """``net.derivative`` whose lower-order networks (``net.integrate`` of higher orders uses them) read the
+    module's state live too."""
+    plain = type(net).derivative
+
+    def derivative(orders):
+        d = plain(net, orders)
+        if "_autoint_live_attrs" not in d.__dict__:
+            live.install(d, [a for a in live.bindings if reads(d, a)], owner=False)
+        return d
+
+    derivative.__doc__ = plain.__doc__
+    return derivative
+
+
 def _identically_zero(program: Program) -> bool:
     g = program.grad
     return all(g.op(o) == "constant" and not any(g.attrs(o)["value"]) for o in g.graph["outputs"])
@@ -175,6 +190,7 @@ def compile_module(
     live.install(net.grad, [a for a in attrs if reads(net.grad, a)], owner=False)
     net.module_ref = module
     net.live = live
+    net.derivative = _live_derivatives(net, live)
     net.report = {**net.report, "constants": dict(program.meta.get("constants", {}))}
     if _identically_zero(program):
         net.report["grad_identically_zero"] = True
