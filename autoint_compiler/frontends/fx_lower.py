@@ -106,7 +106,10 @@ class Lowering:
         return path[len("inner.") :] if path.startswith("inner.") else path
 
     def refuse(self, node: fx.Node, what: str, instead: str):
-        raise CompileError(f"compile_module cannot compile {what} at {source_line(node)}; instead: {instead}")
+        where = source_line(node)
+        if where == "source line unknown" and node.op == "call_module":  # called from torch's code (Sequential)
+            where = f"submodule {self.display(str(node.target))}"
+        raise CompileError(f"compile_module cannot compile {what} at {where}; instead: {instead}")
 
     def finite(self, node, v, what: str) -> float:
         if isinstance(v, bool) or not finite(v):
