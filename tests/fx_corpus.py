@@ -527,6 +527,39 @@ class DictNet(nn.Module):
         return self.net(model_input["coords"])
 
 
+class ClosureEmbedder(nn.Module):
+    """nerf-pytorch style: encoding lambdas capturing frequency tensors made in __init__ (not attributes)."""
+
+    def __init__(self, freqs=3):
+        super().__init__()
+        bands = 2.0 ** torch.linspace(0.0, freqs - 1, steps=freqs)
+        self.embed_fns = [lambda x: x]
+        for freq in bands:
+            for p_fn in (torch.sin, torch.cos):
+                self.embed_fns.append(lambda x, p_fn=p_fn, freq=freq: p_fn(x * freq))
+        self.mlp = nn.Sequential(nn.Linear(3 + 6 * freqs, 12), nn.Softplus(), nn.Linear(12, 1))
+
+    def forward(self, x):
+        return self.mlp(torch.cat([fn(x) for fn in self.embed_fns], -1))
+
+
+class MultiscaleOutputs(nn.Module):
+    """BACON style: a list of outputs, one per scale (``output=-1`` picks the finest)."""
+
+    def __init__(self):
+        super().__init__()
+        self.filters = nn.ModuleList([nn.Linear(2, 8) for _ in range(3)])
+        self.linear = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+        self.heads = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+
+    def forward(self, x):
+        outputs, z = [], torch.sin(self.filters[0](x))
+        for i in range(2):
+            z = torch.sin(self.filters[i + 1](x)) * self.linear[i](z)
+            outputs.append(self.heads[i](z))
+        return outputs
+
+
 @dataclass
 class Case:
     name: str
@@ -593,6 +626,8 @@ CORPUS = [
     Case("reshape-idioms", ReshapeIdioms, 3, [2]),
     Case("reciprocal-sqrt", Reciprocal, 2, {0: 2}),
     Case("dict-input", lambda: DictInput(DictNet(), "coords"), 2, [0]),
+    Case("closure-embedder", ClosureEmbedder, 3, [1]),
+    Case("multiscale-outputs", MultiscaleOutputs, 2, [0], {"output": -1}, select=-1),
 ]
 
 

@@ -244,9 +244,12 @@ class Lowering:
 
     def _check_state(self, node, s: State):
         v = s.value
-        if not torch.is_tensor(v) or not v.is_floating_point():
+        if not torch.is_tensor(v) or not (v.is_floating_point() or (s.constant and not v.is_complex())):
             self.refuse(node, f"module value {s.text} ({type(v).__name__})", "a floating-point tensor")
-        if v.dtype != self.dtype:
+        # a constant (made in forward or captured by a closure) is folded in exactly: torch promotes a 0-d
+        # one to the network's dtype, and a float32 one into a float64 network without rounding
+        harmless = s.constant and (v.dim() == 0 or self.dtype == torch.float64)
+        if v.dtype != self.dtype and not harmless:
             self.refuse(
                 node,
                 f"module tensor {s.text} of dtype {v.dtype} in a {self.dtype} network",
