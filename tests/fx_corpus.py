@@ -642,3 +642,54 @@ def detach_is_identity():
         yield
     finally:
         torch.Tensor.detach, torch.Tensor.requires_grad_ = original
+
+
+class MipNeRFEncoding(nn.Module):
+    """mip-NeRF's pos_enc: x[..., None, :] * scales[:, None], reshaped to [N, -1], sin of [xb, xb + π/2]."""
+
+    def __init__(self, min_deg=0, max_deg=3):
+        super().__init__()
+        self.min_deg, self.max_deg = min_deg, max_deg
+        self.mlp = nn.Sequential(nn.Linear(3 + 2 * 3 * (max_deg - min_deg), 12), nn.SiLU(), nn.Linear(12, 1))
+
+    def forward(self, x):
+        scales = torch.tensor([2**i for i in range(self.min_deg, self.max_deg)], dtype=x.dtype)
+        xb = torch.reshape(x[..., None, :] * scales[:, None], list(x.shape[:-1]) + [-1])
+        four_feat = torch.sin(torch.cat([xb, xb + 0.5 * math.pi], dim=-1))
+        return self.mlp(torch.cat([x, four_feat], dim=-1))
+
+
+class NerfstudioEncoding(nn.Module):
+    """nerfstudio's NeRFEncoding: in[..., None] * freqs with a registered frequency buffer, view(N, -1)."""
+
+    def __init__(self, levels=3):
+        super().__init__()
+        self.register_buffer("freqs", 2 ** torch.linspace(0.0, levels - 1, levels))
+        self.mlp = nn.Sequential(nn.Linear(2 * 2 * levels, 10), nn.Tanh(), nn.Linear(10, 2))
+
+    def forward(self, x):
+        scaled = (2 * torch.pi * x)[..., None] * self.freqs
+        scaled = scaled.view(*scaled.shape[:-2], -1)
+        enc = torch.sin(torch.cat([scaled, scaled + torch.pi / 2.0], dim=-1))
+        return self.mlp(enc)
+
+
+class StackedEncoding(nn.Module):
+    """torch.stack([sin, cos], -1) of a frequency grid, flattened (another common layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("bands", torch.tensor([1.0, 2.0, 4.0]))
+        self.out = nn.Linear(2 * 3 * 2, 1)
+
+    def forward(self, x):
+        z = x.unsqueeze(-1) * self.bands  # [N, 2, 3]
+        feats = torch.stack([torch.sin(z.reshape(x.shape[0], -1)), torch.cos(z.flatten(1))], dim=-1)
+        return self.out(torch.tanh(feats.flatten(start_dim=1)))
+
+
+CORPUS += [
+    Case("mipnerf-pos-enc", MipNeRFEncoding, 3, [0]),
+    Case("nerfstudio-encoding", NerfstudioEncoding, 2, [1]),
+    Case("stacked-encoding", StackedEncoding, 2, {0: 2}),
+]

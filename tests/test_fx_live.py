@@ -94,7 +94,9 @@ def test_module_is_left_exactly_as_it_was():
     torch.manual_seed(0)
     module = MakesConstants().double()
     before = dict(vars(module)), {k: v.clone() for k, v in module.state_dict().items()}
+    rng = torch.get_rng_state()
     net = ac.compile_module(module, 2, [1])
+    assert torch.equal(torch.get_rng_state(), rng)  # tracing draws nothing from the user's generator
     assert not any(k.startswith("_tensor_constant") for k in vars(module))
     assert dict(vars(module)).keys() == before[0].keys() and type(module) is MakesConstants
     assert all(torch.equal(v, before[1][k]) for k, v in module.state_dict().items())

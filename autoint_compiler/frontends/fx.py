@@ -24,7 +24,7 @@ from ..core.program import Program, make_program
 from ..errors import CompileError
 from .fx_lower import Lowering
 from .fx_state import LiveState, reads
-from .fx_trace import Bound, DictInput, trace  # noqa: F401 - DictInput: the dict-input adapter, public
+from .fx_trace import EXAMPLE_BATCH, Bound, DictInput, trace  # noqa: F401 - DictInput: the dict-input adapter
 
 WHERE = "compile_module"
 
@@ -107,7 +107,13 @@ def trace_module(
         )
     dtype = dtype or ("float64" if own == torch.float64 else "float32")
     display = safe_identifier(name or type(module).__name__.lower(), default="module")
-    traced = trace(module, forward_kwargs or {}, input_key, type(module).__name__)
+    p = next(iter(module.parameters()), None)
+    example = (
+        torch.rand(EXAMPLE_BATCH, in_features, dtype=getattr(torch, dtype), device=p.device if p is not None else None)
+        * 2
+        - 1
+    )
+    traced = trace(module, forward_kwargs or {}, input_key, type(module).__name__, example)
     lowering = Lowering(traced, in_features, orders, display, getattr(torch, dtype))
     _, out = lowering.run()
     integral = lowering.finish(out, output)

@@ -34,6 +34,26 @@ class Col(Ref):
     """A column [N] of a tensor computed from x (``unbind``, ``x[:, 0]``): an IR node of width 1."""
 
 
+class Grid(Ref):
+    """A tensor [N, a, b] computed from x (``x[..., None, :] * freqs[:, None]``, positional encodings of
+    mip-NeRF / nerfstudio): an IR node of width a·b holding it row-major, so ``reshape(N, -1)`` is free."""
+
+    dims: tuple[int, int]
+
+    @staticmethod
+    def make(nid: int, a: int, b: int) -> "Grid":
+        g = Grid(nid)
+        g.dims = (a, b)
+        return g
+
+
+def like(v, nid: int):
+    """``nid`` as the same kind of value as ``v`` (a column stays a column, a grid keeps its shape)."""
+    if isinstance(v, Grid):
+        return Grid.make(nid, *v.dims)
+    return Col(nid) if isinstance(v, Col) else Ref(nid)
+
+
 class Batch:
     """The batch size N in ``x.shape[0]``: only usable where it means 'every row' (``view(N, -1)``)."""
 
@@ -247,6 +267,8 @@ def _matmul(L, node, input, other, *, out=None):
 def _cat(L, node, tensors, dim=0, *, out=None):
     _no_out(L, node, out)
     tensors = list(tensors)
+    if any(isinstance(t, Grid) for t in tensors):
+        return L.grid_cat(node, tensors, dim)
     if any(isinstance(t, Col) for t in tensors):
         L.refuse(node, "torch.cat of 1-D columns", "torch.stack(columns, dim=-1), or keep the columns 2-D")
     if dim not in (1, -1):
@@ -257,6 +279,8 @@ def _cat(L, node, tensors, dim=0, *, out=None):
 def _stack(L, node, tensors, dim=0, *, out=None):
     _no_out(L, node, out)
     tensors = list(tensors)
+    if tensors and all(isinstance(t, Ref) and not isinstance(t, (Col, Grid)) for t in tensors):
+        return L.grid_stack(node, tensors, dim)
     if dim not in (1, -1) or not all(isinstance(t, Col) for t in tensors):
         L.refuse(node, f"torch.stack along dim={dim}", "stack 1-D columns along dim=-1 (or torch.cat for 2-D)")
     return Ref(L.b.concat([int(t) for t in tensors]))
@@ -345,7 +369,9 @@ def _reshape(L, node, input, *shape):
 
 
 def _flatten(L, node, input, start_dim=0, end_dim=-1):
-    if isinstance(input, Ref) and not isinstance(input, Col) and start_dim in (1, -1) and end_dim == -1:
+    if isinstance(input, Grid) and start_dim in (1, -2) and end_dim in (-1, 2):
+        return Ref(int(input))  # row-major: the node already is [N, a·b]
+    if isinstance(input, Ref) and not isinstance(input, (Col, Grid)) and start_dim in (1, -1) and end_dim == -1:
         return L.keep(node, input)
     return L.refuse(node, f"flatten(start_dim={start_dim}, end_dim={end_dim})", "x is already [N, features]")
 
@@ -361,6 +387,9 @@ def _squeeze(L, node, input, dim=None):
 def _unsqueeze(L, node, input, dim):
     if isinstance(input, Col) and dim in (1, -1):
         return Ref(int(input))
+    if isinstance(input, Ref) and not isinstance(input, (Col, Grid)) and dim in (1, -2, 2, -1):
+        w = L.g.width(input)
+        return Grid.make(int(input), 1, w) if dim in (1, -2) else Grid.make(int(input), w, 1)
     return L.refuse(node, f"unsqueeze(dim={dim})", "unsqueeze(-1) of a 1-D column")
 
 

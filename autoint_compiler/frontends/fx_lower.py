@@ -21,9 +21,23 @@ from ..core.ir import Builder, IRGraph, ParamInfo
 from ..core.names import param_attribute, safe_identifier
 from ..errors import CompileError
 from . import fx_state as S
-from .fx_calls import BATCH, CALLS, KNOWN_REFUSALS, MODULES, Batch, Col, Ref, bind, callable_name, finite, is_number
+from .fx_calls import (
+    BATCH,
+    CALLS,
+    KNOWN_REFUSALS,
+    MODULES,
+    Batch,
+    Col,
+    Grid,
+    Ref,
+    bind,
+    callable_name,
+    finite,
+    is_number,
+    like,
+)
 from .fx_state import State
-from .fx_trace import Traced, _weight_norm_hook, all_tensors
+from .fx_trace import EXAMPLE_BATCH, Traced, _weight_norm_hook, all_tensors
 
 _OWN_FILES = ("/torch/", "autoint_compiler/frontends/fx")
 
@@ -118,6 +132,12 @@ class Lowering:
 
     # -- values ------------------------------------------------------------------------------------
     def ref(self, node, v) -> Ref:
+        if isinstance(v, Grid):
+            self.refuse(
+                node,
+                f"a tensor [N, {v.dims[0]}, {v.dims[1]}] where a tensor [N, features] is expected",
+                "reshape it first: t.reshape(t.shape[0], -1)",
+            )
         if isinstance(v, Col):
             self.refuse(
                 node,
@@ -148,8 +168,7 @@ class Lowering:
     def pointwise(self, node, a, fn) -> Ref:
         if not isinstance(a, Ref):
             self.refuse(node, f"{fn.label} of a {type(a).__name__}", "apply it to a tensor computed from x")
-        out = self.b.pointwise(a, fn)
-        return Col(out) if isinstance(a, Col) else Ref(out)
+        return like(a, self.b.pointwise(a, fn))
 
     def _complex(self, node, *vs):
         if any(isinstance(v, complex) for v in vs):
@@ -181,7 +200,9 @@ class Lowering:
             if isinstance(v, Ref):
                 # 0 * v is a zero row (a region of scale-by-0 nodes would fuse to constants, not tensors)
                 out = self.b.const([0.0] * self.g.width(v)) if float(k) == 0.0 else self.b.scale(v, float(k))
-                return Col(out) if isinstance(v, Col) else Ref(out)
+                return like(v, out)
+        if isinstance(a, Grid) or isinstance(c, Grid):
+            return self.grid_arith(node, op, a, c)
         na, ca = self.operand(node, a, c)
         nc, cc = self.operand(node, c, a)
         wa, wc = self.g.width(na), self.g.width(nc)
@@ -198,6 +219,81 @@ class Lowering:
         out = getattr(self.b, op)(na, nc)
         both_cols = (col_a or ca) and (col_c or cc) and (col_a or col_c)
         return Col(out) if both_cols else Ref(out)
+
+    # -- tensors [N, a, b] (Grid): row-major in one IR node -----------------------------------------------
+    def _dims(self, node, v) -> tuple[int, int] | None:
+        """The [a, b] trailing shape of an operand of a grid op (None: a number)."""
+        if isinstance(v, Grid):
+            return v.dims
+        if isinstance(v, Col):
+            self.refuse(node, "a 1-D column with a tensor [N, a, b]", "make the column 2-D: col.unsqueeze(-1)")
+        if isinstance(v, Ref):
+            return (1, self.g.width(v))
+        if is_number(v):
+            return None
+        if isinstance(v, State):
+            t = v.value
+            if t.dim() > 3 or (t.dim() == 3 and t.shape[0] != 1):
+                self.refuse(
+                    node,
+                    f"module tensor {v.text} of shape {tuple(t.shape)} with a tensor [N, a, b]",
+                    "a tensor of shape [a, b], [b] or [a, 1]",
+                )
+            shape = tuple(t.shape[-2:]) if t.dim() >= 2 else ((1, t.shape[0]) if t.dim() == 1 else (1, 1))
+            return shape
+        self.refuse(node, f"a {type(v).__name__} with a tensor [N, a, b]", "tensors, numbers or module tensors")
+
+    def _expand_grid(self, node, v, dims: tuple[int, int]) -> int:
+        """``v`` broadcast to [N, a, b] (or a row [1, a·b]), as one IR node, row-major."""
+        a, b = dims
+        if is_number(v):
+            return self.b.const([float(v)] * (a * b))
+        if isinstance(v, State):
+            self._check_state(node, v)
+            if v.constant:
+                return self.b.const(v.value.broadcast_to((a, b)).double().flatten().tolist())
+            return self.row(node, S.apply(lambda t: t.broadcast_to((a, b)).reshape(-1), (v,), {}, v.text))
+        p, q = self._dims(node, v)
+        nid = int(v)
+        if q != b:  # [p, 1] -> [p, b]: each row's one value repeated
+            nid = self.b.concat([self.b.expand(self.b.slice(nid, i, i + 1), b) for i in range(p)])
+        if p != a:  # [1, b] -> [a, b]: the row repeated
+            nid = self.b.concat([nid] * a)
+        return nid
+
+    def grid_arith(self, node, op: str, a, c) -> Grid:
+        da, dc = self._dims(node, a), self._dims(node, c)
+        shapes = [d for d in (da, dc) if d is not None]
+        dims = tuple(max(d[k] for d in shapes) for k in (0, 1))
+        if any(d[k] not in (1, dims[k]) for d in shapes for k in (0, 1)):
+            self.refuse(node, f"{op} of shapes {da} and {dc} (they do not broadcast)", "shapes that broadcast")
+        out = getattr(self.b, op)(self._expand_grid(node, a, dims), self._expand_grid(node, c, dims))
+        return Grid.make(out, *dims)
+
+    def grid_cat(self, node, parts, dim) -> Ref:
+        if not all(isinstance(p, Ref) for p in parts):
+            self.refuse(node, "torch.cat of a tensor [N, a, b] with a non-tensor", "tensors computed from x")
+        dims = [self._dims(node, p) for p in parts]
+        if dim in (-1, 2) and len({d[0] for d in dims}) == 1:
+            rows, out = dims[0][0], []
+            for i in range(rows):
+                out += [self.b.slice(int(p), i * d[1], (i + 1) * d[1]) for p, d in zip(parts, dims)]
+            return Grid.make(self.b.concat(out), rows, sum(d[1] for d in dims))
+        if dim in (-2, 1) and len({d[1] for d in dims}) == 1:
+            return Grid.make(self.b.concat([int(p) for p in parts]), sum(d[0] for d in dims), dims[0][1])
+        self.refuse(node, f"torch.cat of tensors [N, a, b] of shapes {dims} along dim={dim}", "matching shapes")
+
+    def grid_stack(self, node, parts, dim) -> Ref:
+        widths = {self.g.width(p) for p in parts}
+        if len(widths) != 1:
+            self.refuse(node, f"torch.stack of widths {sorted(widths)}", "tensors of one width")
+        (w,) = widths
+        if dim in (-2, 1):
+            return Grid.make(self.b.concat([int(p) for p in parts]), len(parts), w)
+        if dim in (-1, 2):
+            cols = [self.b.slice(int(p), j, j + 1) for j in range(w) for p in parts]
+            return Grid.make(self.b.concat(cols), w, len(parts))
+        self.refuse(node, f"torch.stack along dim={dim}", "dim=-1 or -2")
 
     def divide(self, node, a, c):
         self._complex(node, a, c)
@@ -363,13 +459,15 @@ class Lowering:
     def attribute(self, node, obj, name: str):
         if isinstance(obj, Ref):
             if name == "shape":
+                if isinstance(obj, Grid):
+                    return (BATCH, *obj.dims)
                 return (BATCH,) if isinstance(obj, Col) else (BATCH, self.g.width(obj))
             if name == "dtype":
                 return self.dtype
             if name == "device":
                 return self.device
             if name == "ndim":
-                return 1 if isinstance(obj, Col) else 2
+                return 1 if isinstance(obj, Col) else 3 if isinstance(obj, Grid) else 2
             self.refuse(node, f"the attribute .{name} of a tensor computed from x", "shape, dtype or device")
         try:
             return getattr(obj, name)
@@ -388,8 +486,15 @@ class Lowering:
             self.refuse(node, f"indexing a 1-D column with {idx!r}", "col[:, None] or col.unsqueeze(-1)")
         if not isinstance(obj, Ref):
             self.refuse(node, f"indexing a {type(obj).__name__} with {idx!r}", "index a tensor computed from x")
+        if isinstance(obj, Grid):
+            self.refuse(node, f"indexing a tensor [N, a, b] with {idx!r}", "reshape it to [N, a·b] first")
         if idx in (slice(None), Ellipsis):
             return self.keep(node, obj)
+        w = self.g.width(obj)
+        if idx in ((Ellipsis, None, slice(None)), (slice(None), None), (slice(None), None, slice(None))):
+            return Grid.make(int(obj), 1, w)  # x[..., None, :]: [N, 1, w]
+        if idx in ((Ellipsis, None), (slice(None), slice(None), None)):
+            return Grid.make(int(obj), w, 1)  # x[..., None]: [N, w, 1]
         if isinstance(idx, tuple) and len(idx) in (2, 3) and idx[0] in (slice(None), Ellipsis):
             width = self.g.width(obj)
             sel, rest = idx[1], idx[2:]
@@ -415,7 +520,13 @@ class Lowering:
         if not isinstance(obj, Ref):
             self.refuse(node, "view/reshape of a non-tensor", "reshape a tensor computed from x")
         w = self.g.width(obj)
-        dims = list(shape)
+        dims = [BATCH if i == 0 and d == EXAMPLE_BATCH and not isinstance(d, bool) else d for i, d in enumerate(shape)]
+        if isinstance(obj, Grid):
+            if len(dims) == 2 and (dims[0] is BATCH or dims[0] == -1) and dims[1] in (w, -1):
+                return Ref(int(obj))  # [N, a, b] -> [N, a·b]: row-major, the node itself
+            self.refuse(
+                node, f"view/reshape to {tuple(dims)} of a tensor [N, {obj.dims[0]}, {obj.dims[1]}]", "reshape(N, -1)"
+            )
         if len(dims) == 2 and (dims[0] is BATCH or dims[0] == -1) and dims[1] in (w, -1) and not isinstance(obj, Col):
             return self.keep(node, obj)
         if len(dims) == 2 and (dims[0] is BATCH or dims[0] == -1) and dims[1] == 1 and isinstance(obj, Col):

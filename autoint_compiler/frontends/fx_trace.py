@@ -16,6 +16,7 @@ Errors are ``CompileError``s naming the construct and the user's source line.
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -115,11 +116,123 @@ def _hname(h) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
+#: the batch size of the example input that gives traced tensors concrete shapes (``x.shape[:-1]``,
+#: ``h.view(*h.shape[:-2], -1)``); a reshape to it as the leading dimension means "every row"
+EXAMPLE_BATCH = 11
+
+
+class _Shaped(fx.Proxy):
+    """A proxy whose shape, dtype and device are concrete where the example run knows them."""
+
+    def _example(self):
+        return self.node.meta.get("example")
+
+    def _known(self, name: str):
+        v = self._example()
+        return getattr(v, name) if torch.is_tensor(v) else fx.Proxy.__getattr__(self, name)
+
+    @property
+    def shape(self):
+        return self._known("shape")
+
+    @property
+    def dtype(self):
+        return self._known("dtype")
+
+    @property
+    def device(self):
+        return self._known("device")
+
+    @property
+    def ndim(self):
+        return self._known("ndim")
+
+    def size(self, dim=None):
+        v = self._example()
+        if torch.is_tensor(v):
+            return v.size() if dim is None else v.size(dim)
+        return fx.Proxy.__getattr__(self, "size")(*(() if dim is None else (dim,)))
+
+    def dim(self):
+        v = self._example()
+        return v.dim() if torch.is_tensor(v) else fx.Proxy.__getattr__(self, "dim")()
+
+
+def _raw_attr(obj, name: str):
+    """``getattr`` without fx's patched ``Module.__getattr__`` (which would trace the read)."""
+    d = object.__getattribute__(obj, "__dict__")
+    for key in ("_parameters", "_buffers", "_modules"):
+        if name in d.get(key, {}):
+            return d[key][name]
+    return object.__getattribute__(obj, name)
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self):
+    def __init__(self, example: torch.Tensor | None = None):
         super().__init__()
         self.record_stack_traces = True
         self.proxy_buffer_attributes = True
+        self.example = example
+        self.quiet = 0  # > 0 while example values are computed: the state-ops mode stands aside
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Shaped(node, self)
+
+    # while an example value is computed, module attributes and calls are plain Python (nothing is traced)
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        return attr_val if self.quiet else super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def call_module(self, m, forward, args, kwargs):
+        return forward(*args, **kwargs) if self.quiet else super().call_module(m, forward, args, kwargs)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        self.quiet += 1
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = self._example_value(kind, target, args, kwargs)
+        except Exception:  # noqa: BLE001 - an example is a convenience: without it shapes stay symbolic
+            value = None
+        finally:
+            self.quiet -= 1
+        if value is not None:
+            p.node.meta["example"] = value
+        return p
+
+    def _example_value(self, kind, target, args, kwargs):
+        missing = []
+
+        def ex(a):
+            if isinstance(a, fx.Proxy):
+                v = a.node.meta.get("example")
+                if v is None:
+                    missing.append(a)
+                return v
+            return a
+
+        if kind == "placeholder":
+            return None if self.example is None else self.example.clone()
+        if kind == "get_attr":
+            v = self.root
+            for part in str(target).split("."):
+                v = _raw_attr(v, part)
+            return v.detach().clone() if torch.is_tensor(v) else None
+        name = target if isinstance(target, str) else getattr(target, "__name__", "")
+        writes = "out" in kwargs or kwargs.get("inplace") is True or (name.endswith("_") and not name.endswith("__"))
+        if writes and not (args and isinstance(args[0], fx.Proxy)) or "out" in kwargs:
+            return None  # never write into a tensor that is not an example (the user's state, an out= buffer)
+        args = fx.node.map_aggregate(args, ex)
+        kwargs = fx.node.map_aggregate(kwargs, ex)
+        if missing:
+            return None
+        if kind == "call_function":
+            return target(*args, **kwargs)
+        if kind == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        if kind == "call_module":  # forward, not __call__: no hook runs on the user's module
+            return self.root.get_submodule(target).forward(*args, **kwargs)
+        return None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # a parametrized module is traced through, so its weight's formula is recorded from live originals
@@ -142,6 +255,8 @@ class _StateOps(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.tracer.quiet:
+            return func(*args, **kwargs)
         flat, _ = tree_flatten((args, kwargs))
         if any(isinstance(a, fx.Proxy) for a in flat) or func in _PASS:
             return func(*args, **kwargs)
@@ -197,18 +312,20 @@ def _record_scalars(root: nn.Module, skip: nn.Module):
     return log, swapped
 
 
-def trace(module: nn.Module, forward_kwargs: dict, input_key: str | None, name: str) -> Traced:
+def trace(
+    module: nn.Module, forward_kwargs: dict, input_key: str | None, name: str, example: torch.Tensor | None = None
+) -> Traced:
     check_module(module, name)
     kwargs = _bind_signature(module, forward_kwargs, input_key, name)
     root = Bound(module, kwargs, input_key)
-    tracer = _Tracer()
+    tracer = _Tracer(example)
     before = set(vars(module))
     tensors = {id(t) for t in module.parameters()} | {id(t) for t in module.buffers()}
     for m in module.modules():
         tensors |= {id(v) for v in vars(m).values() if torch.is_tensor(v)}
     log, swapped = _record_scalars(root, skip=root)
     try:
-        with _StateOps(tracer, tensors):
+        with torch.random.fork_rng(devices=[]), _StateOps(tracer, tensors):  # examples draw no user randomness
             graph = tracer.trace(root)
     except CompileError:
         raise
@@ -284,7 +401,8 @@ def _bind_signature(module: nn.Module, forward_kwargs: dict, input_key: str | No
 def all_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     out = list(module.named_parameters()) + list(module.named_buffers())
     for path, m in module.named_modules():
+        derived = {h.name for h in m._forward_pre_hooks.values() if _weight_norm_hook(h)}  # recomputed per call
         for k, v in vars(m).items():
-            if torch.is_tensor(v) and not isinstance(v, nn.Parameter):
+            if torch.is_tensor(v) and not isinstance(v, nn.Parameter) and k not in derived:
                 out.append((f"{path}.{k}" if path else k, v))
     return out
