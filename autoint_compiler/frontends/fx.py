@@ -108,11 +108,10 @@ def trace_module(
     dtype = dtype or ("float64" if own == torch.float64 else "float32")
     display = safe_identifier(name or type(module).__name__.lower(), default="module")
     p = next(iter(module.parameters()), None)
-    example = (
-        torch.rand(EXAMPLE_BATCH, in_features, dtype=getattr(torch, dtype), device=p.device if p is not None else None)
-        * 2
-        - 1
-    )
+    gen = torch.Generator().manual_seed(0)  # the user's random generator is left alone
+    example = torch.rand(EXAMPLE_BATCH, in_features, dtype=getattr(torch, dtype), generator=gen) * 2 - 1
+    if p is not None:
+        example = example.to(p.device)
     traced = trace(module, forward_kwargs or {}, input_key, type(module).__name__, example)
     lowering = Lowering(traced, in_features, orders, display, getattr(torch, dtype))
     _, out = lowering.run()
@@ -184,9 +183,10 @@ def compile_module(
     )
     cs = generate_source(program, backend, **({"fuse": fuse} if backend == "torch" else {}))
     p = next(module.parameters(), None)
-    net = instantiate(
+    net = instantiate(  # seeded: the placeholder init (replaced by the module's tensors) draws no user randomness
         cs,
         backend,
+        seed=0,
         device=p.device if p is not None else None,
         dtype=torch.float64 if program.dtype == "float64" else torch.float32,
     )
