@@ -693,3 +693,20 @@ CORPUS += [
     Case("nerfstudio-encoding", NerfstudioEncoding, 2, [1]),
     Case("stacked-encoding", StackedEncoding, 2, {0: 2}),
 ]
+
+
+class InvertedSphere(nn.Module):
+    """NeRF++ background: inverted-sphere coordinates [x/r, 1/r] and normalized view directions."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 + 3, 12), nn.Softplus(), nn.Linear(12, 2))
+
+    def forward(self, x):
+        pts, dirs = x[:, :3], x[:, 3:]
+        r = pts.norm(dim=-1, keepdim=True) + 1.0
+        dirs = F.normalize(dirs, dim=-1)
+        return self.mlp(torch.cat([pts / r, 1.0 / r, dirs], dim=-1))
+
+
+CORPUS += [Case("nerfpp-inverted-sphere", InvertedSphere, 6, [0, 4])]

@@ -81,6 +81,17 @@ def test_python_attributes_are_reported_and_guarded():
     assert torch.allclose(net.integral(x).detach(), module(x).detach(), rtol=1e-12)
 
 
+def test_leaf_module_attributes_are_guarded():
+    """nn.Softplus(beta) is compiled with its beta: changing it afterwards raises, never silently differs."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(2, 4), nn.Softplus(beta=100), nn.Linear(4, 1)).double()
+    net = ac.compile_module(module, 2, [0])
+    assert net.report["constants"]["1.beta"] == 100
+    module[1].beta = 50
+    with pytest.raises(ac.CompileError, match="1.beta was 100"):
+        net.grad(_x())
+
+
 class MakesConstants(nn.Module):
     def __init__(self):
         super().__init__()

@@ -99,6 +99,15 @@ CASES = {
     ("torch.mean", "keepdim"): (lambda m, h: h.mean(-1, keepdim=False).unsqueeze(-1), OK),
     ("torch.mean", "dtype"): (lambda m, h: h.mean(-1, dtype=torch.float64), "dtype"),
     ("Tensor.size", "dim"): (lambda m, h: h.view(-1, h.size(dim=-1)), OK),
+    ("torch.norm", "p"): (lambda m, h: h.norm(p=1, dim=-1, keepdim=True), "norm(p=1"),
+    ("torch.norm", "dim"): (lambda m, h: h.norm(dim=-1, keepdim=True), OK),
+    ("torch.norm", "keepdim"): (lambda m, h: torch.norm(h, dim=1, keepdim=False)[:, None], OK),
+    ("torch.norm", "dtype"): (lambda m, h: torch.norm(h, dim=-1, dtype=torch.float64), "dtype"),
+    ("torch.norm", "out"): (lambda m, h: torch.norm(h, dim=-1, out=torch.empty(8, dtype=torch.float64)), "out="),
+    ("F.normalize", "p"): (lambda m, h: F.normalize(h, p=1.0, dim=-1), "norm(p=1"),
+    ("F.normalize", "dim"): (lambda m, h: F.normalize(h, dim=-1), OK),
+    ("F.normalize", "eps"): (lambda m, h: F.normalize(h, dim=1, eps=1e-3), OK),
+    ("F.normalize", "out"): (lambda m, h: F.normalize(h, dim=1, out=torch.empty(8, 4, dtype=torch.float64)), "out="),
 }
 
 MODULE_CASES = {

@@ -185,8 +185,12 @@ def test_activation_grad_matches_jvp_and_fd(act, n_vars):
 
 
 @pytest.mark.parametrize(
-    "act", [pytest.param("swish", id="swish"), pytest.param({"name": "sine", "w0": 2.0}, id="sine"),
-            pytest.param({"formula": "x**3/3 + sin(2*x)"}, id="formula")]
+    "act",
+    [
+        pytest.param("swish", id="swish"),
+        pytest.param({"name": "sine", "w0": 2.0}, id="sine"),
+        pytest.param({"formula": "x**3/3 + sin(2*x)"}, id="formula"),
+    ],
 )
 def test_three_variable_mixed_partial(act):
     net = ac_compile(_spec_for(act, 3, seed=3))
@@ -516,9 +520,11 @@ def test_generated_network_is_stable_at_extremes(name, n_vars):
     with torch.no_grad():
         for p_name, p in net.integral.named_parameters():
             p.fill_(0.0 if p_name.endswith("bias") else 1.0)
-    points = POSITIVE_POINTS if name == "log" else [
-        p for p in STABILITY_POINTS if fn.smooth or p not in KINKS.get(name, (0.0,))
-    ]
+    points = (
+        POSITIVE_POINTS
+        if name == "log"
+        else [p for p in STABILITY_POINTS if fn.smooth or p not in KINKS.get(name, (0.0,))]
+    )
     x = torch.tensor([[v, 0.0] for v in points], dtype=torch.float64)
     got = net.grad(x).detach()[:, 0].tolist()
     phi = net.integral(x).detach()[:, 0].tolist()

@@ -407,6 +407,22 @@ def _mean(L, node, input, dim=None, keepdim=False, *, dtype=None, out=None):
     return Ref(out) if keepdim else Col(out)
 
 
+def _norm(L, node, input, p="fro", dim=None, keepdim=False, dtype=None, *, out=None):
+    _no_out(L, node, out)
+    if p not in (2, 2.0, "fro") or dim not in (1, -1, (1,), (-1,), [1], [-1]) or dtype is not None:
+        L.refuse(node, f"norm(p={p!r}, dim={dim}, dtype={dtype})", "the 2-norm over the features: norm(dim=-1)")
+    a = L.ref(node, input)
+    s = Ref(L.b.sum(L.b.mul(a, a)))
+    n = L.pointwise(node, s, A.formula("sqrt(x)"))
+    return n if keepdim else Col(int(n))
+
+
+def _normalize(L, node, input, p=2.0, dim=1, eps=1e-12, out=None):
+    _no_out(L, node, out)
+    n = _norm(L, node, input, p, dim, keepdim=True)
+    return L.divide(node, input, _clamp(L, node, n, min=L.finite(node, eps, "eps")))
+
+
 def _getattr(L, node, obj, name, *default):
     return L.attribute(node, obj, name)
 
@@ -527,6 +543,8 @@ _row("Tensor.squeeze", _squeeze, torch.squeeze, _m("squeeze"))
 _row("Tensor.unsqueeze", _unsqueeze, torch.unsqueeze, _m("unsqueeze"))
 _row("torch.sum", _sum, torch.sum, _m("sum"))
 _row("torch.mean", _mean, torch.mean, _m("mean"))
+_row("torch.norm", _norm, torch.norm, _m("norm"))
+_row("F.normalize", _normalize, F.normalize)
 _row("getattr", _getattr, builtins.getattr)
 _row("Tensor.size", _size, _m("size"))
 

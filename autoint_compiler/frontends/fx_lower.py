@@ -36,7 +36,7 @@ from .fx_calls import (
     is_number,
     like,
 )
-from .fx_state import State
+from .fx_state import Recorded, State
 from .fx_trace import EXAMPLE_BATCH, Traced, _weight_norm_hook, all_tensors
 
 _OWN_FILES = ("/torch/", "autoint_compiler/frontends/fx")
@@ -552,6 +552,11 @@ class Lowering:
                 )
             if kwargs or len(args) != 1:
                 self.refuse(node, f"calling {where} with {len(args)} arguments", "call it on one tensor")
+            for attr in row.attributes:  # compiled in: guarded like the attributes forward reads
+                v = getattr(mod, attr)
+                if type(v) in (bool, int, float, str):
+                    path = f"{self.display(str(target))}.{attr}"
+                    self.traced.recorded.append(Recorded(mod, attr, v, path))
             return row.rule(self, node, mod, args[0]), bool(getattr(mod, "inplace", False))
         key = target if kind == "call_function" else ("method", target)
         name = callable_name(key)
