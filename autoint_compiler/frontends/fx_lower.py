@@ -642,10 +642,19 @@ class Lowering:
             kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
             self._keep = self._views = False
             inplace = False
-            if node.op == "get_attr":
-                v = self.get_attr(node)
-            else:
-                v, inplace = self.call(node, args, kwargs)
+            try:
+                if node.op == "get_attr":
+                    v = self.get_attr(node)
+                else:
+                    v, inplace = self.call(node, args, kwargs)
+            except CompileError:
+                raise
+            except Exception as exc:  # a case the table's rules did not foresee: still one line, with the place
+                self.refuse(
+                    node,
+                    f"{node.op} {node.target} ({type(exc).__name__}: {exc})".replace("\n", " "),
+                    "rewrite this line with the supported calls (README, fx section)",
+                )
             self.values[node] = v
             first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
             if self._keep and first is not None:
