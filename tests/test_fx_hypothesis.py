@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -105,6 +106,7 @@ def _along(f, col):
     return g
 
 
+@pytest.mark.slow  # ~10 s on the 2-core CPU VM
 @settings(max_examples=12, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(structures())
 def test_drawn_module_compiles_exactly(structure):
@@ -181,6 +183,7 @@ class Steps(nn.Module):
         return self.out(h)
 
 
+@pytest.mark.slow  # ~15 s on the 2-core CPU VM
 @settings(max_examples=30, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.sampled_from(sorted(STEPS)), min_size=1, max_size=3), st.integers(0, 2**16))
 def test_drawn_forward_is_exact_or_a_one_line_compile_error(steps, seed):
