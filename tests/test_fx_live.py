@@ -92,6 +92,31 @@ def test_leaf_module_attributes_are_guarded():
         net.grad(_x())
 
 
+class Aliases(nn.Module):
+    """In-place ops after a detach (an alias: it changes too) and after a clone (a copy: it does not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        same, copy = h.detach(), h.clone()
+        skip = h
+        h.mul_(3.0)
+        F.relu(h, inplace=True)
+        return torch.cat([h, same, copy, skip], -1)
+
+
+def test_in_place_ops_follow_aliases_not_copies():
+    torch.manual_seed(0)
+    module = Aliases().double()
+    net = ac.compile_module(module, 2, [0])
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(net.integral(x), module(x), rtol=1e-12)
+
+
 class MakesConstants(nn.Module):
     def __init__(self):
         super().__init__()

@@ -328,7 +328,7 @@ def _identity(L, node, input, *args, **kwargs):
 
 
 def _clone(L, node, input, *, memory_format=None):
-    return L.keep(node, input)
+    return L.ref(node, input) if not isinstance(input, Col) else input  # a copy: not an alias of input
 
 
 def _requires_grad_(L, node, input, requires_grad=True):
