@@ -14,7 +14,6 @@ from fx_corpus import CORPUS, detach_is_identity
 
 import autoint_compiler as ac
 
-
 #: modules whose compiled output leaves some parameters unread (the other head of a NeRF, a coarser scale)
 PARTIAL = {"nerf-tuple-rgb", "nerf-sigma-only", "multiscale-outputs"}
 
