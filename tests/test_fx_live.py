@@ -117,6 +117,34 @@ def test_in_place_ops_follow_aliases_not_copies():
         assert torch.allclose(net.integral(x), module(x), rtol=1e-12)
 
 
+OMEGA = 3.0  # a module-level constant the module below reads in forward
+
+
+class ReadsGlobal(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 4)
+
+    def forward(self, x):
+        return torch.sin(OMEGA * self.a(x))
+
+
+def test_numeric_globals_are_recorded_and_guarded():
+    global OMEGA
+    torch.manual_seed(0)
+    module = ReadsGlobal().double()
+    net = ac.compile_module(module, 2, [0])
+    assert net.report["constants"]["global OMEGA (test_fx_live.py)"] == 3.0
+    try:
+        OMEGA = 4.0
+        with pytest.raises(ac.CompileError, match="global OMEGA"):
+            net.integral(_x())
+    finally:
+        OMEGA = 3.0
+    with torch.no_grad():
+        assert torch.allclose(net.integral(_x()), module(_x()), rtol=1e-12)
+
+
 class MakesConstants(nn.Module):
     def __init__(self):
         super().__init__()

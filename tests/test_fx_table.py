@@ -129,7 +129,6 @@ MODULE_CASES = {
     (nn.Dropout, "inplace"): (nn.Dropout(0.4, inplace=True).eval(), OK),
     (nn.Flatten, "start_dim"): (nn.Flatten(start_dim=1), OK),
     (nn.Flatten, "end_dim"): (nn.Flatten(0, end_dim=-1), "start_dim=0"),
-    (nn.Linear, "in_features"): (nn.Linear(4, 4), OK),
     (nn.Linear, "weight"): (nn.Linear(4, 3), OK),
     (nn.Linear, "bias"): (nn.Linear(4, 3, bias=False), OK),
 }

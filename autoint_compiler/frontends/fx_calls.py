@@ -559,7 +559,7 @@ class ModuleRow:
 
 
 MODULES: dict[type, ModuleRow] = {
-    nn.Linear: ModuleRow(lambda L, n, m, a: L.module_linear(n, m, a), ("in_features", "weight", "bias")),
+    nn.Linear: ModuleRow(lambda L, n, m, a: L.module_linear(n, m, a), ("weight", "bias")),
     nn.Identity: ModuleRow(lambda L, n, m, a: L.keep(n, a)),
     nn.ReLU: ModuleRow(lambda L, n, m, a: _relu(L, n, a), ("inplace",)),
     nn.LeakyReLU: ModuleRow(lambda L, n, m, a: _leaky_relu(L, n, a, m.negative_slope), ("negative_slope", "inplace")),

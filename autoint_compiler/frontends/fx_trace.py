@@ -276,8 +276,9 @@ class Traced:
     recorded: list[Recorded] = field(default_factory=list)
 
 
-def _record_scalars(root: nn.Module, skip: nn.Module):
-    """Swap each submodule's class for a subclass that logs reads of Python scalar attributes."""
+def _record_scalars(root: nn.Module, skip: nn.Module, tracer: _Tracer):
+    """Swap each submodule's class for a subclass that logs reads of Python scalar attributes (by the traced
+    code: not those of the example computation, ``_Tracer.quiet``)."""
     log: dict[tuple[int, str], Recorded] = {}
     swapped = []
     made: dict[type, type] = {}
@@ -288,7 +289,7 @@ def _record_scalars(root: nn.Module, skip: nn.Module):
 
         def getattribute(self, name):
             v = base_get(self, name)
-            if type(v) in (bool, int, float) and not name.startswith("_"):
+            if type(v) in (bool, int, float) and not name.startswith("_") and not tracer.quiet:
                 d = object.__getattribute__(self, "__dict__")
                 if name in d and (id(self), name) not in log:
                     path = paths.get(id(self), "")
@@ -312,6 +313,43 @@ def _record_scalars(root: nn.Module, skip: nn.Module):
     return log, swapped
 
 
+class _Globals:
+    """A module's global namespace read like an object (``Recorded`` re-reads ``getattr(owner, name)``)."""
+
+    def __init__(self, namespace: dict):
+        self.__dict__["_ns"] = namespace
+
+    def __getattr__(self, name):
+        return self._ns.get(name)
+
+
+def _record_globals(root: nn.Module, log: dict) -> None:
+    """Numeric module-level globals (``OMEGA = 30.0``) that the user's module classes' methods read: compiled
+    in at trace time like attributes, so recorded and guarded the same way."""
+    seen: set[int] = set()
+    for m in root.modules():
+        for cls in type(m).__mro__:
+            if cls.__module__.startswith(("torch.", "builtins", "autoint_compiler.")) or id(cls) in seen:
+                continue
+            seen.add(id(cls))
+            for attr, fn in vars(cls).items():
+                if attr == "__init__" or not inspect.isfunction(fn):
+                    continue
+                ns, file = fn.__globals__, fn.__code__.co_filename.rsplit("/", 1)[-1]
+                for name in _names(fn.__code__):
+                    v = ns.get(name)
+                    if type(v) in (bool, int, float) and (id(ns), name) not in log:
+                        log[(id(ns), name)] = Recorded(_Globals(ns), name, v, f"global {name} ({file})")
+
+
+def _names(code) -> set[str]:
+    out = set(code.co_names)
+    for c in code.co_consts:
+        if inspect.iscode(c):
+            out |= _names(c)
+    return out
+
+
 def trace(
     module: nn.Module, forward_kwargs: dict, input_key: str | None, name: str, example: torch.Tensor | None = None
 ) -> Traced:
@@ -323,7 +361,8 @@ def trace(
     tensors = {id(t) for t in module.parameters()} | {id(t) for t in module.buffers()}
     for m in module.modules():
         tensors |= {id(v) for v in vars(m).values() if torch.is_tensor(v)}
-    log, swapped = _record_scalars(root, skip=root)
+    log, swapped = _record_scalars(root, skip=root, tracer=tracer)
+    _record_globals(module, log)
     try:
         with torch.random.fork_rng(devices=[]), _StateOps(tracer, tensors):  # examples draw no user randomness
             graph = tracer.trace(root)
