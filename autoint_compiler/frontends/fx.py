@@ -84,7 +84,6 @@ def trace_module(
     name: str | None = None,
     forward_kwargs: dict | None = None,
     output=None,
-    input_key: str | None = None,
 ) -> tuple[Program, LiveState]:
     """Trace ``module`` into a Program; also returns the live binding of its state (``fx_state``)."""
     if not isinstance(module, nn.Module):
@@ -112,7 +111,7 @@ def trace_module(
     example = torch.rand(EXAMPLE_BATCH, in_features, dtype=getattr(torch, dtype), generator=gen) * 2 - 1
     if p is not None:
         example = example.to(p.device)
-    traced = trace(module, forward_kwargs or {}, input_key, type(module).__name__, example)
+    traced = trace(module, forward_kwargs or {}, type(module).__name__, example)
     lowering = Lowering(traced, in_features, orders, display, getattr(torch, dtype))
     _, out = lowering.run()
     integral = lowering.finish(out, output)

@@ -29,17 +29,15 @@ from .fx_state import Recorded
 
 
 class Bound(nn.Module):
-    """``forward(x)`` = ``inner(x, **kwargs)`` (or ``inner({key: x}, **kwargs)`` for a dict input)."""
+    """``forward(x)`` = ``inner(x, **kwargs)``: the traced root (fx's additions land here, not on ``inner``)."""
 
-    def __init__(self, inner: nn.Module, kwargs: dict, input_key: str | None = None):
+    def __init__(self, inner: nn.Module, kwargs: dict):
         super().__init__()
         self.inner = inner
         self.__dict__["_kwargs"] = dict(kwargs)
-        self.__dict__["_key"] = input_key
 
     def forward(self, x):
-        arg = x if self._key is None else {self._key: x}
-        return self.inner(arg, **self._kwargs)
+        return self.inner(x, **self._kwargs)
 
 
 class DictInput(nn.Module):
@@ -350,12 +348,10 @@ def _names(code) -> set[str]:
     return out
 
 
-def trace(
-    module: nn.Module, forward_kwargs: dict, input_key: str | None, name: str, example: torch.Tensor | None = None
-) -> Traced:
+def trace(module: nn.Module, forward_kwargs: dict, name: str, example: torch.Tensor | None = None) -> Traced:
     check_module(module, name)
-    kwargs = _bind_signature(module, forward_kwargs, input_key, name)
-    root = Bound(module, kwargs, input_key)
+    kwargs = _bind_signature(module, forward_kwargs, name)
+    root = Bound(module, kwargs)
     tracer = _Tracer(example)
     before = set(vars(module))
     tensors = {id(t) for t in module.parameters()} | {id(t) for t in module.buffers()}
@@ -399,7 +395,7 @@ def _last_user_line(exc: BaseException) -> str:
     return f" at {f.filename}, line {f.lineno}: {(f.line or '').strip()}"
 
 
-def _bind_signature(module: nn.Module, forward_kwargs: dict, input_key: str | None, name: str) -> dict:
+def _bind_signature(module: nn.Module, forward_kwargs: dict, name: str) -> dict:
     """The extra arguments of ``forward``: from ``forward_kwargs``, else their defaults."""
     try:
         sig = inspect.signature(module.forward)
