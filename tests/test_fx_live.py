@@ -310,6 +310,17 @@ class DivZero(nn.Module):
         return self.a(x) / 0.0
 
 
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 4)
+        self.mode = "noise"  # a string attribute read in forward: recorded like numbers
+
+    def forward(self, x):
+        h = self.a(x)
+        return h + 0.01 * torch.randn_like(h) if self.mode == "noise" else h
+
+
 class Pair(nn.Module):
     def __init__(self):
         super().__init__()
@@ -327,6 +338,7 @@ class Pair(nn.Module):
         (lambda: SliceInplace().double(), {}, "in-place op on a slice"),
         (lambda: EluNan().double(), {}, "alpha=nan"),
         (lambda: DivZero().double(), {}, "division by zero"),
+        (lambda: Noisy().double(), {}, r"random numbers drawn in forward \(torch.randn_like\) at .*test_fx_live"),
         (lambda: Pair().double(), {}, r"output=<index> \(0\.\.1\)"),
         (lambda: Pair().double(), {"output": 2}, "not an index"),
         (lambda: _mlp(nn.Dropout(0.5).train()), {}, "dropout in training mode"),
@@ -343,6 +355,7 @@ class Pair(nn.Module):
         "inplace-slice",
         "elu-nan",
         "div-zero",
+        "random-in-forward",
         "tuple-output",
         "bad-output-index",
         "dropout-train",

@@ -52,6 +52,8 @@ CASES = {
     ("torch.stack", "out"): (lambda m, h: torch.stack([h[:, 0], h[:, 1]], -1, out=torch.empty(8, 2)), "out="),
     ("@", "out"): (lambda m, h: torch.matmul(h, m.M, out=torch.empty(8, 3, dtype=torch.float64)), "out="),
     ("F.relu", "inplace"): (lambda m, h: F.relu(h * 1.0, inplace=True), OK),
+    ("F.relu6", "inplace"): (lambda m, h: F.relu6(4 * h, inplace=True), OK),
+    ("F.mish", "inplace"): (lambda m, h: F.mish(h * 1.0, inplace=True), OK),
     ("F.leaky_relu", "negative_slope"): (lambda m, h: F.leaky_relu(h, negative_slope=0.3), OK),
     ("F.leaky_relu", "inplace"): (lambda m, h: F.leaky_relu(h * 1.0, 0.2, inplace=True), OK),
     ("F.elu", "alpha"): (lambda m, h: F.elu(h, alpha=0.4), OK),
@@ -124,6 +126,8 @@ MODULE_CASES = {
     (nn.Hardtanh, "min_val"): (nn.Hardtanh(min_val=-0.2), OK),
     (nn.Hardtanh, "max_val"): (nn.Hardtanh(max_val=0.1), OK),
     (nn.Hardtanh, "inplace"): (nn.Hardtanh(inplace=True), OK),
+    (nn.ReLU6, "inplace"): (nn.ReLU6(inplace=True), OK),
+    (nn.Mish, "inplace"): (nn.Mish(inplace=True), OK),
     (nn.Dropout, "p"): (nn.Dropout(0.4).eval(), OK),
     (nn.Dropout, "training"): (nn.Dropout(0.4).train(), "training"),
     (nn.Dropout, "inplace"): (nn.Dropout(0.4, inplace=True).eval(), OK),
@@ -187,6 +191,11 @@ def test_module_attribute_is_handled_or_refused_by_name(key):
     _check(Body(None, inner=mod), expect)
 
 
+@pytest.mark.parametrize("kind", [t for t, row in MODULES.items() if not row.attributes], ids=lambda t: t.__name__)
+def test_module_without_attributes_is_exact(kind):
+    _check(Body(None, inner=kind()), OK)
+
+
 def test_every_keyword_of_the_table_has_a_case():
     rows = {(call.name, kw) for call in CALLS.values() for kw in call.keywords}
     assert rows - set(CASES) == set(), "add a case for each new keyword of fx_calls.CALLS"
@@ -197,12 +206,13 @@ def test_every_keyword_of_the_table_has_a_case():
 @pytest.mark.parametrize(
     "body",
     [
+        lambda m, h: F.softsign(h) + F.logsigmoid(h),
         lambda m, h: torch.sin(input=h),
         lambda m, h: torch.cat(tensors=[h, h.cos()], dim=-1),
         lambda m, h: torch.add(input=h, other=h.exp(), alpha=0.5),
         lambda m, h: F.linear(input=h, weight=m.W, bias=m.b),
     ],
-    ids=["sin(input=)", "cat(tensors=)", "add(input=, other=)", "linear(input=, weight=)"],
+    ids=["softsign-logsigmoid", "sin(input=)", "cat(tensors=)", "add(input=, other=)", "linear(input=, weight=)"],
 )
 def test_keyword_only_calls_bind_like_torch(body):
     _check(Body(body), OK)

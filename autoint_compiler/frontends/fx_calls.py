@@ -165,6 +165,19 @@ def _hardtanh(L, node, input, min_val=-1.0, max_val=1.0, inplace=False):
     return _clamp(L, node, input, min_val, max_val)
 
 
+def _formula(text: str):
+    """Activations torch has and the table writes as a formula of x (parsed, stabilized: ``formula.py``)."""
+
+    def rule(L, node, input, inplace=False):
+        return L.pointwise(node, input, A.formula(text))
+
+    return rule
+
+
+def _relu6(L, node, input, inplace=False):
+    return _clamp(L, node, input, 0.0, 6.0)
+
+
 def _dropout(L, node, input, p=0.5, training=True, inplace=False):
     p = L.finite(node, p, "p")
     if training and p > 0:
@@ -493,6 +506,10 @@ _row("F.silu", _silu, F.silu)
 _row("F.gelu", _gelu, F.gelu)
 _row("F.softplus", _softplus, F.softplus)
 _row("F.hardtanh", _hardtanh, F.hardtanh)
+_row("F.relu6", _relu6, F.relu6)
+_row("F.mish", _formula("x*tanh(log(1+exp(x)))"), F.mish)
+_row("F.softsign", lambda L, node, input: L.pointwise(node, input, A.formula("x/(1+abs(x))")), F.softsign)
+_row("F.logsigmoid", lambda L, node, input: L.pointwise(node, input, A.formula("-softplus(-x)")), F.logsigmoid)
 _row("torch.clamp", _clamp, torch.clamp, torch.clip, _m("clamp"), _m("clip"))
 _row("Tensor.clamp_", _clamp_, _m("clamp_"), _m("clip_"), inplace=True)
 _row("torch.clamp_min", _clamp_min, torch.clamp_min, _m("clamp_min"))
@@ -573,6 +590,10 @@ MODULES: dict[type, ModuleRow] = {
     nn.Hardtanh: ModuleRow(
         lambda L, n, m, a: _hardtanh(L, n, a, m.min_val, m.max_val), ("min_val", "max_val", "inplace")
     ),
+    nn.ReLU6: ModuleRow(lambda L, n, m, a: _relu6(L, n, a), ("inplace",)),
+    nn.Mish: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("x*tanh(log(1+exp(x)))")), ("inplace",)),
+    nn.Softsign: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("x/(1+abs(x))"))),
+    nn.LogSigmoid: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("-softplus(-x)"))),
     nn.Dropout: ModuleRow(lambda L, n, m, a: _dropout(L, n, a, m.p, m.training), ("p", "training", "inplace")),
     nn.Flatten: ModuleRow(lambda L, n, m, a: _flatten(L, n, a, m.start_dim, m.end_dim), ("start_dim", "end_dim")),
 }

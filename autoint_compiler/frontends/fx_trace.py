@@ -241,6 +241,25 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+_RANDOM = {
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "normal",
+    "bernoulli",
+    "multinomial",
+    "poisson",
+    "normal_",
+    "uniform_",
+    "bernoulli_",
+    "exponential_",
+    "random_",
+    "cauchy_",
+}
 _PASS = {torch.Tensor.__repr__, torch.Tensor.__format__, torch.Tensor.__bool__}
 
 
@@ -255,6 +274,24 @@ class _StateOps(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.tracer.quiet:
             return func(*args, **kwargs)
+        if getattr(func, "__name__", "") in _RANDOM:
+            import traceback
+
+            frames = [
+                f
+                for f in traceback.extract_stack()
+                if "/torch/" not in f.filename and "autoint_compiler" not in f.filename
+            ]
+            where = (
+                f" at {frames[-1].filename}, line {frames[-1].lineno}: {(frames[-1].line or '').strip()}"
+                if frames
+                else ""
+            )
+            raise CompileError(
+                f"compile_module cannot compile random numbers drawn in forward (torch.{func.__name__}){where}; "
+                "instead: draw them once in __init__ and register them as a buffer (the module would differ on "
+                "every call, the compiled networks cannot)"
+            )
         flat, _ = tree_flatten((args, kwargs))
         if any(isinstance(a, fx.Proxy) for a in flat) or func in _PASS:
             return func(*args, **kwargs)
@@ -287,7 +324,7 @@ def _record_scalars(root: nn.Module, skip: nn.Module, tracer: _Tracer):
 
         def getattribute(self, name):
             v = base_get(self, name)
-            if type(v) in (bool, int, float) and not name.startswith("_") and not tracer.quiet:
+            if type(v) in (bool, int, float, str) and not name.startswith("_") and not tracer.quiet:
                 d = object.__getattribute__(self, "__dict__")
                 if name in d and (id(self), name) not in log:
                     path = paths.get(id(self), "")
