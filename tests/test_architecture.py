@@ -101,9 +101,8 @@ def test_pickled_phi_derives_in_a_fresh_process(tmp_path):
         sys.stdout.write(format_graph(p.grad) + '\\n===\\n' + generate_source(p).source)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(blob)], capture_output=True, text=True, env=ac_subprocess_env(), timeout=120
-    )
+    out = subprocess.run([sys.executable, "-c", script, str(blob)], capture_output=True, text=True,
+                         env=ac_subprocess_env(), timeout=120)
     assert out.returncode == 0, out.stderr
     grad_text, source = out.stdout.split("\n===\n")
     assert grad_text == format_graph(cs.grad_ir)
@@ -228,13 +227,8 @@ def test_interpreter_agrees_on_every_op_row(row):
         _interpreter_check(net, ac_inputs(net, 8, seed=2, low=0.1, high=1.0))
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(random_specs())
 def test_interpreter_agrees_on_random_architectures(spec):
     net = ac_compile(spec)
@@ -302,13 +296,8 @@ def test_generated_module_compiles_or_the_compiler_says_so(monkeypatch):
 
 
 def test_graph_without_parameters_compiles():
-    spec = {
-        "name": "sinonly",
-        "inputs": {"t": 1},
-        "integrate": ["t"],
-        "dtype": "float64",
-        "graph": [{"name": "s", "op": "sin", "in": ["t"]}],
-    }
+    spec = {"name": "sinonly", "inputs": {"t": 1}, "integrate": ["t"], "dtype": "float64",
+            "graph": [{"name": "s", "op": "sin", "in": ["t"]}]}
     net = ac_compile(spec)
     x = torch.linspace(-1, 1, 7, dtype=torch.float64)[:, None]
     assert torch.allclose(net.grad(x), torch.cos(x))
@@ -329,17 +318,13 @@ _NO_TORCH = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["{spec}", "-o", "{out}"], ["inspect", "{spec}", "--graph", "grad"], ["rules"]],
-    ids=["compile", "inspect", "rules"],
-)
+@pytest.mark.parametrize("args", [["{spec}", "-o", "{out}"], ["inspect", "{spec}", "--graph", "grad"], ["rules"]],
+                         ids=["compile", "inspect", "rules"])
 def test_cli_compile_and_inspect_import_no_torch(args, tmp_path):
     spec = str(REPO_ROOT / "examples" / "field3d.yaml")
     argv = [a.format(spec=spec, out=tmp_path) for a in args]
-    out = subprocess.run(
-        [sys.executable, "-c", _NO_TORCH, *argv], capture_output=True, text=True, env=ac_subprocess_env(), timeout=120
-    )
+    out = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], capture_output=True, text=True,
+                         env=ac_subprocess_env(), timeout=120)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res == {"rc": 0, "torch": False}
@@ -347,18 +332,10 @@ def test_cli_compile_and_inspect_import_no_torch(args, tmp_path):
 
 def test_long_node_names_give_short_valid_lines():
     long_a, long_b = "a" * 60, "b" * 60
-    spec = {
-        "name": "long",
-        "inputs": {"t": 1, "y": 3},
-        "integrate": ["t"],
-        "dtype": "float64",
-        "seed": 0,
-        "graph": [
-            {"name": long_a, "op": "linear", "in": ["t", "y"], "out": 4},
-            {"name": long_b, "op": "swish", "in": [long_a]},
-            {"name": "o", "op": "linear", "in": [long_b], "out": 1},
-        ],
-    }
+    spec = {"name": "long", "inputs": {"t": 1, "y": 3}, "integrate": ["t"], "dtype": "float64", "seed": 0,
+            "graph": [{"name": long_a, "op": "linear", "in": ["t", "y"], "out": 4},
+                      {"name": long_b, "op": "swish", "in": [long_a]},
+                      {"name": "o", "op": "linear", "in": [long_b], "out": 1}]}
     net = ac_compile(spec)
     assert max(len(line) for line in net.source.splitlines()) <= 110
     _interpreter_check(net, ac_inputs(net, 6))
@@ -375,18 +352,10 @@ def test_generated_networks_refuse_inputs_of_the_wrong_width(shape):
 
 def test_log_grad_is_nan_exactly_where_phi_is():
     """log's derivative 1/u is finite for u < 0; the grad network must not be, where Φ is NaN."""
-    spec = {
-        "name": "lg",
-        "inputs": {"t": 1},
-        "integrate": ["t"],
-        "dtype": "float64",
-        "seed": 0,
-        "graph": [
-            {"name": "l", "op": "linear", "in": ["t"], "out": 3},
-            {"name": "g", "op": "log", "in": ["l"]},
-            {"name": "o", "op": "linear", "in": ["g"], "out": 1},
-        ],
-    }
+    spec = {"name": "lg", "inputs": {"t": 1}, "integrate": ["t"], "dtype": "float64", "seed": 0,
+            "graph": [{"name": "l", "op": "linear", "in": ["t"], "out": 3},
+                      {"name": "g", "op": "log", "in": ["l"]},
+                      {"name": "o", "op": "linear", "in": ["g"], "out": 1}]}
     net = ac_compile(spec)
     x = torch.linspace(-1, 1, 41, dtype=torch.float64)[:, None]
     phi, grad = net.integral(x).detach(), net.grad(x).detach()

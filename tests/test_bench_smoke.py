@@ -29,20 +29,8 @@ def _rows(path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    rc = run.main(
-        [
-            "--quick",
-            "--out",
-            str(out),
-            "--sections",
-            "forward,train,quad",
-            "--activations",
-            "swish",
-            "--threads",
-            "1",
-            "--no-plots",
-        ]
-    )
+    rc = run.main(["--quick", "--out", str(out), "--sections", "forward,train,quad", "--activations", "swish",
+                   "--threads", "1", "--no-plots"])
     assert rc == 0
     return out
 

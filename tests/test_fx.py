@@ -194,15 +194,12 @@ def test_fx_unsupported_op_names_op_and_source_line():
     assert "test_fx.py" in msg and "return torch.atan(self.a(x))" in msg
 
 
-@pytest.mark.parametrize(
-    "bad,match",
-    [
-        ({"module": "not a module", "d": 2, "cols": [0]}, "expected an nn.Module"),
-        ({"d": 2, "cols": [5]}, "integrate names column 5"),
-        ({"d": 0, "cols": [0]}, "in_features must be a positive integer"),
-        ({"d": 2, "cols": []}, "at least one input column"),
-    ],
-)
+@pytest.mark.parametrize("bad,match", [
+    ({"module": "not a module", "d": 2, "cols": [0]}, "expected an nn.Module"),
+    ({"d": 2, "cols": [5]}, "integrate names column 5"),
+    ({"d": 0, "cols": [0]}, "in_features must be a positive integer"),
+    ({"d": 2, "cols": []}, "at least one input column"),
+])
 def test_fx_bad_arguments_are_compile_errors(bad, match):
     module = bad.get("module", sequential())
     with pytest.raises(ac.CompileError, match=match):

@@ -40,15 +40,8 @@ def _spec(orders: dict, act="swish", enc=False, hidden=(6, 6), seed=0):
     mlp = {"hidden": list(hidden), "activation": act}
     if enc:
         mlp["encoding"] = {"inputs": [names[0]], "frequencies": 2}
-    return {
-        "name": "ho",
-        "inputs": {n: 1 for n in names},
-        "integrate": orders,
-        "output": 1,
-        "dtype": "float64",
-        "seed": seed,
-        "mlp": mlp,
-    }
+    return {"name": "ho", "inputs": {n: 1 for n in names}, "integrate": orders, "output": 1,
+            "dtype": "float64", "seed": seed, "mlp": mlp}
 
 
 def _all_orders(max_total=6, max_vars=3):
@@ -75,8 +68,7 @@ def test_grad_equals_nested_jvp_for_every_order(orders):
     assert (got - ref).abs().max() <= 1e-9 * ref.abs().max().clamp_min(1e-6)
     params = {k: v.numpy() for k, v in net.integral.state_dict().items()}  # and the IR interpreter
     assert np.abs(interpret.run(net.grad_ir, x.numpy(), params) - got.numpy()).max() <= 1e-9 * float(
-        ref.abs().max().clamp_min(1e-6)
-    )
+        ref.abs().max().clamp_min(1e-6))
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -128,15 +120,8 @@ def test_fx_module_with_orders():
 
 
 def test_taylor_mode_grows_slower_than_nested_passes():
-    spec = load_spec(
-        {
-            "name": "g",
-            "inputs": {"t": 1},
-            "integrate": ["t"],
-            "output": 1,
-            "mlp": {"hidden": [16] * 4, "activation": "swish"},
-        }
-    )
+    spec = load_spec({"name": "g", "inputs": {"t": 1}, "integrate": ["t"], "output": 1,
+                      "mlp": {"hidden": [16] * 4, "activation": "swish"}})
     phi = build_integral(spec)
     sizes = {}
     for k in range(2, 7):
@@ -153,13 +138,8 @@ def test_taylor_mode_grows_slower_than_nested_passes():
 
 
 def test_graph_size_budget_is_a_clear_compile_error():
-    spec = {
-        "name": "huge",
-        "inputs": {v: 1 for v in "abcdef"},
-        "integrate": list("abcdef"),
-        "output": 1,
-        "mlp": {"hidden": [4] * 64, "activation": "swish"},
-    }
+    spec = {"name": "huge", "inputs": {v: 1 for v in "abcdef"}, "integrate": list("abcdef"), "output": 1,
+            "mlp": {"hidden": [4] * 64, "activation": "swish"}}
     with pytest.raises(ac.CompileError, match=f"over the budget of {MAX_GRAD_NODES}"):
         ac.compile_source(spec)
 

@@ -14,15 +14,8 @@ from autoint_compiler.runtime import antiderivative as AD
 
 def _net(orders, seed=0):
     names = list(dict.fromkeys([*orders, "c"]))
-    spec = {
-        "name": "hoi",
-        "inputs": {n: 1 for n in names},
-        "integrate": orders,
-        "output": 1,
-        "dtype": "float64",
-        "seed": seed,
-        "mlp": {"hidden": [12, 12], "activation": "tanh"},
-    }
+    spec = {"name": "hoi", "inputs": {n: 1 for n in names}, "integrate": orders, "output": 1,
+            "dtype": "float64", "seed": seed, "mlp": {"hidden": [12, 12], "activation": "tanh"}}
     return ac.compile(spec)
 
 

@@ -210,9 +210,8 @@ def test_integrate_ignores_integration_columns_of_x():
 
 
 def test_parameters_are_shared():
-    spec = ac_mlp_spec(
-        integrate=["t", "s"], hidden=(8, 8), activation="swish", seed=4, encoding={"inputs": ["t"], "frequencies": 2}
-    )
+    spec = ac_mlp_spec(integrate=["t", "s"], hidden=(8, 8), activation="swish", seed=4,
+                       encoding={"inputs": ["t"], "frequencies": 2})
     net = ac_compile(spec)
     gp, ip = list(net.grad.parameters()), list(net.integral.parameters())
     # the grad network registers Φ's own tensors, all but the output bias (∂/∂t of a constant is 0)
@@ -236,25 +235,11 @@ def test_parameters_are_shared():
 
 
 BACKWARD_SPECS = [
-    pytest.param(
-        ac_mlp_spec(
-            hidden=(6, 5),
-            activation=act,
-            integrate=integ,
-            seed=5,
-            encoding={"inputs": ["t", "y"], "frequencies": 2},
-            skips=(1,),
-        ),
-        id=f"{label}-{len(integ)}var",
-    )
-    for label, act in [
-        ("swish", "swish"),
-        ("gelu", "gelu"),
-        ("sine", {"name": "sine", "w0": 2.0}),
-        ("mish", {"formula": "x*tanh(log(1+exp(x)))"}),
-        ("elu", "elu"),
-        ("mixed", ["tanh", "softplus"]),
-    ]
+    pytest.param(ac_mlp_spec(hidden=(6, 5), activation=act, integrate=integ, seed=5,
+                             encoding={"inputs": ["t", "y"], "frequencies": 2}, skips=(1,)),
+                 id=f"{label}-{len(integ)}var")
+    for label, act in [("swish", "swish"), ("gelu", "gelu"), ("sine", {"name": "sine", "w0": 2.0}),
+                       ("mish", {"formula": "x*tanh(log(1+exp(x)))"}), ("elu", "elu"), ("mixed", ["tanh", "softplus"])]
     for integ in (["t"], ["t", "s"])
 ]
 
@@ -300,15 +285,8 @@ def test_grad_graph_at_most_three_times_integral(encoded):
 def test_compile_source_of_16_layer_256_wide_is_fast():
     """Issue requirement: derive + codegen of a 16-layer, 256-wide MLP in < 0.5 s (after one warm-up
     call; best of three, so a busy CI neighbour does not decide the result)."""
-    spec = ac_mlp_spec(
-        inputs={"t": 1, "y": 2},
-        integrate=["t"],
-        hidden=[256] * 16,
-        activation="swish",
-        encoding={"inputs": ["t", "y"], "frequencies": 6},
-        skips=(8,),
-        output=3,
-    )
+    spec = ac_mlp_spec(inputs={"t": 1, "y": 2}, integrate=["t"], hidden=[256] * 16, activation="swish",
+                       encoding={"inputs": ["t", "y"], "frequencies": 6}, skips=(8,), output=3)
     ac.compile_source(spec)  # warm-up: imports, sympy derivative cache, template
     times = []
     for _ in range(3):
@@ -368,10 +346,7 @@ _FILES_SCRIPT = textwrap.dedent(
 def _fresh_digests(spec, hashseed="0", before=()):
     out = subprocess.run(
         [sys.executable, "-c", _FILES_SCRIPT, json.dumps(spec), json.dumps(list(before))],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=ac_subprocess_env(PYTHONHASHSEED=hashseed),
+        capture_output=True, text=True, cwd=REPO_ROOT, env=ac_subprocess_env(PYTHONHASHSEED=hashseed),
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
@@ -447,22 +422,17 @@ def test_generated_module_is_standalone(kind, tmp_path):
     x = ac_inputs(net, 4)
     out = subprocess.run(
         [sys.executable, "-I", "-c", _IMPORT_SCRIPT, str(tmp_path), cs.name, str(spec["seed"]), json.dumps(x.tolist())],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["mods"] == []
     assert res["in"] == net.in_features and res["out"] == net.out_features
     assert res["cols"] == net.integration_columns
-    torch.testing.assert_close(
-        torch.tensor(res["phi"], dtype=torch.float64), net.integral(x).detach(), rtol=1e-12, atol=1e-12
-    )
-    torch.testing.assert_close(
-        torch.tensor(res["grad"], dtype=torch.float64), net.grad(x).detach(), rtol=1e-12, atol=1e-12
-    )
+    torch.testing.assert_close(torch.tensor(res["phi"], dtype=torch.float64), net.integral(x).detach(),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.tensor(res["grad"], dtype=torch.float64), net.grad(x).detach(),
+                               rtol=1e-12, atol=1e-12)
 
 
 def _ruff():

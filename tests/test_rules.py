@@ -146,7 +146,8 @@ def _kink_margin(net, x, act):
     z1 = F.linear(f(z0, a), p["layer1_weight"], p["layer1_bias"])
     phi = F.linear(f(z1, a), p["out_weight"], p["out_bias"])
     assert_rel_close(net.integral(x).detach(), phi.detach(), 1e-12, "manual forward")
-    return torch.minimum(_distance_to_kinks(z0, act).min(1).values, _distance_to_kinks(z1, act).min(1).values).detach()
+    d0, d1 = _distance_to_kinks(z0, act), _distance_to_kinks(z1, act)
+    return torch.minimum(d0.min(1).values, d1.min(1).values).detach()
 
 
 def _check_grad(net, x, n_vars, fd_mask=None, what=""):
@@ -185,12 +186,8 @@ def test_activation_grad_matches_jvp_and_fd(act, n_vars):
 
 
 @pytest.mark.parametrize(
-    "act",
-    [
-        pytest.param("swish", id="swish"),
-        pytest.param({"name": "sine", "w0": 2.0}, id="sine"),
-        pytest.param({"formula": "x**3/3 + sin(2*x)"}, id="formula"),
-    ],
+    "act", [pytest.param("swish", id="swish"), pytest.param({"name": "sine", "w0": 2.0}, id="sine"),
+            pytest.param({"formula": "x**3/3 + sin(2*x)"}, id="formula")]
 )
 def test_three_variable_mixed_partial(act):
     net = ac_compile(_spec_for(act, 3, seed=3))
@@ -520,11 +517,9 @@ def test_generated_network_is_stable_at_extremes(name, n_vars):
     with torch.no_grad():
         for p_name, p in net.integral.named_parameters():
             p.fill_(0.0 if p_name.endswith("bias") else 1.0)
-    points = (
-        POSITIVE_POINTS
-        if name == "log"
-        else [p for p in STABILITY_POINTS if fn.smooth or p not in KINKS.get(name, (0.0,))]
-    )
+    points = POSITIVE_POINTS if name == "log" else [
+        p for p in STABILITY_POINTS if fn.smooth or p not in KINKS.get(name, (0.0,))
+    ]
     x = torch.tensor([[v, 0.0] for v in points], dtype=torch.float64)
     got = net.grad(x).detach()[:, 0].tolist()
     phi = net.integral(x).detach()[:, 0].tolist()

@@ -282,12 +282,8 @@ _BOMB_SCRIPT = textwrap.dedent(
 
 def test_yaml_alias_bomb_is_rejected_cheaply():
     out = subprocess.run(
-        [sys.executable, "-c", _BOMB_SCRIPT],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=ac_subprocess_env(),
-        timeout=30,
+        [sys.executable, "-c", _BOMB_SCRIPT], capture_output=True, text=True, cwd=REPO_ROOT,
+        env=ac_subprocess_env(), timeout=30,
     )
     assert out.returncode == 0 and out.stdout.startswith("SpecError"), out.stderr[-500:]
     assert float(out.stdout.split()[-1]) < 5.0

@@ -74,17 +74,8 @@ def test_bad_spec_through_compile_is_the_same_error():
 
 
 def test_several_problems_fit_in_two_lines():
-    spec = {
-        "name": "a",
-        "inputs": {"t": 1},
-        "integrate": ["t"],
-        "output": 1,
-        "dtype": "float16",
-        "init": "kaiming",
-        "seed": "abc",
-        "colour": 1,
-        "mlp": {"hidden": 64},
-    }
+    spec = {"name": "a", "inputs": {"t": 1}, "integrate": ["t"], "output": 1, "dtype": "float16",
+            "init": "kaiming", "seed": "abc", "colour": 1, "mlp": {"hidden": 64}}
     err = _raise(spec)
     lines = str(err).splitlines()
     assert len(lines) == 2, str(err)
@@ -93,15 +84,8 @@ def test_several_problems_fit_in_two_lines():
     assert lines[1].startswith("  and 4 more: ")
     assert {p for p, _ in err.problems} == {"dtype", "init", "seed", "(top level)", "mlp.hidden"}
     # the semantic checks report every problem they find as well
-    err = _raise(
-        {
-            "name": "a",
-            "inputs": {"t": 1, "y": 2},
-            "integrate": ["t", "u", "y", "t"][:3],
-            "output": 1,
-            "mlp": {"hidden": [4, 4], "skips": [5]},
-        }
-    )
+    err = _raise({"name": "a", "inputs": {"t": 1, "y": 2}, "integrate": ["t", "u", "y", "t"][:3], "output": 1,
+                  "mlp": {"hidden": [4, 4], "skips": [5]}})
     assert {p for p, _ in err.problems} == {"integrate[1]", "integrate[2]", "mlp.skips[0]"}, err.problems
     assert len(str(err).splitlines()) == 2
 
@@ -128,11 +112,7 @@ def test_cli_reports_spec_errors_in_two_lines_with_status_2(tmp_path):
     procs = {
         fname: subprocess.Popen(
             [sys.executable, "-m", "autoint_compiler.cli", str(BAD / fname), "-o", str(tmp_path / "out")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO_ROOT,
-            env=ac_subprocess_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=ac_subprocess_env(),
         )
         for fname in CLI_CASES
     }

@@ -65,20 +65,6 @@ def _has(obj, cls) -> bool:
     return False
 
 
-_IDENTITY_ALIASES = {
-    "Tensor.detach",
-    "Tensor.requires_grad_",
-    "Tensor.contiguous",
-    "Tensor.to",
-    "Tensor.float",
-    "Tensor.double",
-    "Tensor.type_as",
-    "Tensor.view",
-    "torch.flatten",
-    "unary +",
-}
-
-
 class Lowering:
     def __init__(
         self, traced: Traced, in_features: int, orders: dict[int, int], name: str, dtype: torch.dtype, output=None
