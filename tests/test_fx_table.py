@@ -207,12 +207,13 @@ def test_every_keyword_of_the_table_has_a_case():
     "body",
     [
         lambda m, h: F.softsign(h) + F.logsigmoid(h),
+        lambda m, h: h[:, :1].expand(-1, 4) * h + h[:, 1:2].expand_as(h) + h[:, 2:3].expand(h.shape[0], 4),
         lambda m, h: torch.sin(input=h),
         lambda m, h: torch.cat(tensors=[h, h.cos()], dim=-1),
         lambda m, h: torch.add(input=h, other=h.exp(), alpha=0.5),
         lambda m, h: F.linear(input=h, weight=m.W, bias=m.b),
     ],
-    ids=["softsign-logsigmoid", "sin(input=)", "cat(tensors=)", "add(input=, other=)", "linear(input=, weight=)"],
+    ids=["softsign-logsigmoid", "expand", "sin(input=)", "cat(tensors=)", "add(input=, other=)", "linear(input=, weight=)"],
 )
 def test_keyword_only_calls_bind_like_torch(body):
     _check(Body(body), OK)

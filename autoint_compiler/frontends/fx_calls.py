@@ -24,6 +24,7 @@ from torch import nn
 
 from ..core import activations as A
 from .fx_state import State
+from .fx_trace import EXAMPLE_BATCH
 
 
 class Ref(int):
@@ -381,6 +382,23 @@ def _reshape(L, node, input, *shape):
     return L.reshape(node, input, shape)
 
 
+def _expand(L, node, input, *sizes):
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    a = L.ref(node, input)
+    w = L.g.width(a)
+    if len(sizes) != 2 or not (sizes[0] in (-1, BATCH) or sizes[0] == EXAMPLE_BATCH) or not isinstance(sizes[1], int):
+        L.refuse(node, f"expand{tuple(sizes)} of a tensor [N, {w}]", "expand(-1, features) of a width-1 tensor")
+    out = w if sizes[1] == -1 else sizes[1]
+    if w not in (1, out):
+        L.refuse(node, f"expand of width {w} to {out}", "expand a width-1 tensor")
+    return Ref(L.b.expand(a, out))
+
+
+def _expand_as(L, node, input, other):
+    return _expand(L, node, input, -1, L.g.width(L.ref(node, other)))
+
+
 def _flatten(L, node, input, start_dim=0, end_dim=-1):
     if isinstance(input, Grid) and start_dim in (1, -2) and end_dim in (-1, 2):
         return Ref(int(input))  # row-major: the node already is [N, a·b]
@@ -556,6 +574,8 @@ _row("Tensor.double", _cast(torch.float64), _m("double"))
 _row("Tensor.type_as", _type_as, _m("type_as"))
 _row("Tensor.view", _reshape, _m("view"), _m("reshape"), torch.reshape)
 _row("torch.flatten", _flatten, torch.flatten, _m("flatten"))
+_row("Tensor.expand", _expand, _m("expand"))
+_row("Tensor.expand_as", _expand_as, _m("expand_as"))
 _row("Tensor.squeeze", _squeeze, torch.squeeze, _m("squeeze"))
 _row("Tensor.unsqueeze", _unsqueeze, torch.unsqueeze, _m("unsqueeze"))
 _row("torch.sum", _sum, torch.sum, _m("sum"))
