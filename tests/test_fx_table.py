@@ -213,7 +213,14 @@ def test_every_keyword_of_the_table_has_a_case():
         lambda m, h: torch.add(input=h, other=h.exp(), alpha=0.5),
         lambda m, h: F.linear(input=h, weight=m.W, bias=m.b),
     ],
-    ids=["softsign-logsigmoid", "expand", "sin(input=)", "cat(tensors=)", "add(input=, other=)", "linear(input=, weight=)"],
+    ids=[
+        "softsign-logsigmoid",
+        "expand",
+        "sin(input=)",
+        "cat(tensors=)",
+        "add(input=, other=)",
+        "linear(input=, weight=)",
+    ],
 )
 def test_keyword_only_calls_bind_like_torch(body):
     _check(Body(body), OK)
