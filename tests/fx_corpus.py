@@ -710,3 +710,24 @@ class InvertedSphere(nn.Module):
 
 
 CORPUS += [Case("nerfpp-inverted-sphere", InvertedSphere, 6, [0, 4])]
+
+
+class AnnealedBuffer(nn.Module):
+    """The annealing weight as a buffer (BARF / Nerfies): w_k = (1 - cos(π·clamp(α - k, 0, 1)))/2 computed from
+    the live buffer α, so annealing after compiling (``alpha.fill_(...)``) is seen by the compiled networks."""
+
+    def __init__(self, freqs=3):
+        super().__init__()
+        self.freqs = freqs
+        self.register_buffer("alpha", torch.tensor(1.5))
+        self.out = nn.Sequential(nn.Linear(2 + 4 * freqs, 12), nn.Tanh(), nn.Linear(12, 1))
+
+    def forward(self, x):
+        k = torch.arange(self.freqs, dtype=x.dtype)
+        w = (1 - torch.cos(math.pi * torch.clamp(self.alpha - k, 0.0, 1.0))) / 2
+        z = x[..., None] * (2.0 ** k)  # [N, 2, freqs]
+        feats = torch.cat([torch.sin(z) * w, torch.cos(z) * w], -1).reshape(x.shape[0], -1)
+        return self.out(torch.cat([x, feats], -1))
+
+
+CORPUS += [Case("annealed-buffer", AnnealedBuffer, 2, [0])]
