@@ -360,7 +360,9 @@ def compile(  # noqa: A001 - the package's verb
     activations (parameters and accumulation stay float32). Arguments are checked before anything is
     compiled: a bad one is a one-line :class:`CompileError`.
     """
+    from .arguments import check_backend  # shared with compile_module
+
     dtype, device, seed = _check_arguments("compile", seed=seed, dtype=dtype, device=device, fuse=fuse)
-    cs = compile_source(spec, backend, fuse=fuse, precision=precision)
+    cs = compile_source(spec, check_backend(backend, "compile"), fuse=fuse, precision=precision)
     seed = cs.program.seed if seed is None else seed
     return instantiate(cs, cs.backend, seed=seed, dtype=dtype, device=device)

@@ -68,6 +68,8 @@ FORMULAS = [
 
 ACT_ROWS = [pytest.param(_named(n), id=n) for n in sorted(A.ACTIVATIONS)]
 ACT_ROWS += [pytest.param({"name": "sine", "w0": 1.5}, id="sine-w0=1.5")]
+# (the spec's activation mapping takes name/w0/alpha only: other parameter values of the rows below
+# are checked through the fx frontend, tests/test_fx_corpus.py)
 ACT_ROWS += [pytest.param({"formula": f}, id=f"formula:{f}") for f in FORMULAS]
 
 
@@ -90,7 +92,27 @@ KINKED_TORCH = {
     "elu": lambda z, a: F.elu(z, alpha=a.get("alpha", 1.0)),
     "selu": lambda z, a: F.selu(z),
     "formula": lambda z, a: z.abs() ** 3,  # the only kinked formula row
+    "abs": lambda z, a: z.abs(),
+    "leaky_relu": lambda z, a: F.leaky_relu(z, a.get("negative_slope", 0.01)),
+    "clamp": lambda z, a: z.clamp(a.get("min", -1.0), a.get("max", 1.0)),
+    "softplus_beta": lambda z, a: F.softplus(z, a.get("beta", 1.0), a.get("threshold", 20.0)),
 }
+
+#: where each kinked row's kinks are, with its default parameters (default 0)
+KINKS = {"clamp": (-1.0, 1.0), "softplus_beta": (20.0,)}
+
+
+def _kinks(act):
+    a = act if isinstance(act, dict) else {}
+    if _act_name(act) == "clamp":
+        return (a.get("min", -1.0), a.get("max", 1.0))
+    if _act_name(act) == "softplus_beta":
+        return (a.get("threshold", 20.0) / a.get("beta", 1.0),)
+    return KINKS.get(_act_name(act), (0.0,))
+
+
+def _distance_to_kinks(z, act):
+    return torch.stack([(z - k).abs() for k in _kinks(act)]).min(0).values
 
 
 def _spec_for(act, n_vars, seed=0):
@@ -124,7 +146,8 @@ def _kink_margin(net, x, act):
     z1 = F.linear(f(z0, a), p["layer1_weight"], p["layer1_bias"])
     phi = F.linear(f(z1, a), p["out_weight"], p["out_bias"])
     assert_rel_close(net.integral(x).detach(), phi.detach(), 1e-12, "manual forward")
-    return torch.minimum(z0.abs().min(1).values, z1.abs().min(1).values).detach()
+    d0, d1 = _distance_to_kinks(z0, act), _distance_to_kinks(z1, act)
+    return torch.minimum(d0.min(1).values, d1.min(1).values).detach()
 
 
 def _check_grad(net, x, n_vars, fd_mask=None, what=""):
@@ -462,7 +485,7 @@ def test_derivative_rules_are_stable(act, dtype):
     rtol, atol = (1e-9, 1e-12) if dtype == torch.float64 else (2e-4, 1e-6)
     failures = []
     for v in points:
-        if not fn.smooth and v == 0.0:
+        if not fn.smooth and v in KINKS.get(_act_name(act), (0.0,)):
             continue  # kinked at 0: the derivative there is a convention (see test_elu_derivative_at_0)
         got = _eval_printed([f.expr for f in chain], v, dtype)
         for k, (g, ref) in enumerate(zip(got, refs)):
@@ -494,7 +517,9 @@ def test_generated_network_is_stable_at_extremes(name, n_vars):
     with torch.no_grad():
         for p_name, p in net.integral.named_parameters():
             p.fill_(0.0 if p_name.endswith("bias") else 1.0)
-    points = POSITIVE_POINTS if name == "log" else [p for p in STABILITY_POINTS if fn.smooth or p != 0.0]
+    points = POSITIVE_POINTS if name == "log" else [
+        p for p in STABILITY_POINTS if fn.smooth or p not in KINKS.get(name, (0.0,))
+    ]
     x = torch.tensor([[v, 0.0] for v in points], dtype=torch.float64)
     got = net.grad(x).detach()[:, 0].tolist()
     phi = net.integral(x).detach()[:, 0].tolist()

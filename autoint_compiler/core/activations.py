@@ -34,6 +34,32 @@ _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 
 
+def _num(v: float) -> sp.Expr:
+    return sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v)
+
+
+def _leaky_relu(negative_slope: float) -> sp.Expr:
+    # relu(x) - s·relu(-x): one of the two terms is exactly 0, so the value is x or s·x exactly
+    return relu(x) - _num(negative_slope) * relu(-x)
+
+
+def _clamp(lo: float, hi: float) -> sp.Expr:
+    # x - relu(x - hi) + relu(lo - x): exactly x inside [lo, hi] (both terms 0), lo or hi outside
+    if not lo < hi:
+        raise CompileError(f"clamp needs min < max, got min={lo}, max={hi}")
+    return x - relu(x - _num(hi)) + relu(_num(lo) - x)
+
+
+def _softplus_beta(beta: float, threshold: float) -> sp.Expr:
+    # torch's softplus: x where beta·x > threshold, log(1 + exp(beta·x))/beta elsewhere; the switch is
+    # a jump of the derivative (≈ exp(-threshold)), so this function is flagged as not smooth
+    if not beta > 0:
+        raise CompileError(f"softplus needs beta > 0, got beta={beta}")
+    u = _num(beta) * x
+    above = step(u - _num(threshold))
+    return x * above + softplus(u) / _num(beta) * (1 - above)
+
+
 def _elu(alpha: float) -> sp.Expr:
     # relu(x) + α(exp(min(x, 0)) - 1): equal to ELU everywhere, and exp never sees a large argument
     return relu(x) + sp.Float(alpha) * expm1_neg(x)
@@ -61,6 +87,18 @@ ACTIVATIONS: dict[str, ActivationDef] = {
     "silu": ActivationDef(lambda: x * sigmoid(x), library="silu", doc="alias of swish"),
     "softplus": ActivationDef(lambda: softplus(x), library="softplus", doc="log(1+exp(x)), stable"),
     "relu": ActivationDef(lambda: relu(x), library="relu", doc="max(x, 0); its derivative is a step"),
+    "abs": ActivationDef(lambda: sp.Abs(x), doc="|x|; its derivative is sign(x)"),
+    "leaky_relu": ActivationDef(
+        _leaky_relu, params=(("negative_slope", 0.01),), doc="x for x > 0, negative_slope·x below (kinked)"
+    ),
+    "clamp": ActivationDef(
+        lambda min, max: _clamp(min, max), params=(("min", -1.0), ("max", 1.0)), doc="x clamped to [min, max]"
+    ),
+    "softplus_beta": ActivationDef(
+        _softplus_beta,
+        params=(("beta", 1.0), ("threshold", 20.0)),
+        doc="torch's softplus(x, beta, threshold): log(1+exp(beta·x))/beta, x above threshold/beta",
+    ),
     "requ": ActivationDef(lambda: relu(x) ** 2, doc="relu(x)²"),
     "gelu": ActivationDef(lambda: x * ndtr(x), library="gelu", doc="x·Φ(x) (exact GELU)"),
     "elu": ActivationDef(lambda alpha: _elu(alpha), params=(("alpha", 1.0),), library="elu", doc="ELU"),

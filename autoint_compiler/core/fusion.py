@@ -181,6 +181,26 @@ def find_regions(g: IRGraph) -> list[Region]:
         rows = tuple(not g.nodes[i]["batched"] for i in ext)
         regions.append(Region(nodes, tuple(ext), outs, rows))
         taken |= region
+    return _acyclic(g, regions)
+
+
+def _acyclic(g: IRGraph, regions: list[Region]) -> list[Region]:
+    """Drop regions until contracting them keeps the graph a DAG.
+
+    Each region is acyclic on its own (``_depends``), but two regions can wait on each other through
+    nodes outside both (A → e → B and B → f → A: mixed partials of a network with two branches do
+    this); such a pair cannot both be fused. The later region of a cycle goes back to plain ops,
+    until no cycle is left: the backends' ``schedule`` never meets one."""
+    regions = list(regions)
+    while len(regions) > 1:
+        owner = {n: ("r", k) for k, r in enumerate(regions) for n in r.nodes}
+        dag, _ = contract(g, owner)
+        try:
+            cycle = nx.find_cycle(dag)
+        except nx.NetworkXNoCycle:
+            break
+        ks = [step[1] for edge in cycle for step in edge[:2] if step[0] == "r"]
+        del regions[max(ks)]
     return regions
 
 
