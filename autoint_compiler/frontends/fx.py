@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..core import activations as A
+from ..core.differentiate import orders_problem
 from ..core.ir import Builder, IRGraph, ParamInfo
 from ..core.names import param_attribute, safe_identifier
 from ..core.program import Program, make_program
@@ -351,6 +352,8 @@ def _orders(integrate, in_features: int) -> dict[int, int]:
         orders[col] = orders.get(col, 0) + k
     if not orders:
         raise CompileError("compile_module: integrate must name at least one input column")
+    if (problem := orders_problem(orders)) is not None:
+        raise CompileError(f"compile_module: integrate: {problem}")
     return orders
 
 
