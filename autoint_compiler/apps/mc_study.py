@@ -104,7 +104,7 @@ def study(
             log(
                 f"  MC {s:<10} N={samples}: corrected RMSE {r['corrected_rmse']:.2e} (closed form "
                 f"{out['closed_form_rmse']:.2e}), 95% coverage {r['coverage_95']:.3f}, plain MC RMSE "
-                f"{r['plain_mc_rmse']:.2e}: variance reduction {r['variance_reduction']:.0f}x"
+                f"{r['plain_mc_rmse']:.2e}: variance reduction {_factor(r['variance_reduction'])}"
             )
     curve_seeds = min(curve_seeds, seeds)
     keys = ("samples", "plain_uniform", "corrected_uniform", "corrected_sobol", "coverage_uniform", "coverage_sobol")
@@ -168,9 +168,13 @@ def format_table(rows: Sequence[tuple[str, dict]]) -> str:
             lines.append(
                 f"| {label} | {s} | {r['samples_used']} | {res['closed_form_rmse']:.2e} | {r['corrected_rmse']:.2e} "
                 f"| {r['mean_error_in_se']:+.2f} | {r['coverage_95']:.3f} | {r['plain_mc_rmse']:.2e} "
-                f"| {r['variance_reduction']:,.0f}x |"
+                f"| {_factor(r['variance_reduction'])} |"
             )
     return head + "\n".join(lines) + "\n"
+
+
+def _factor(v: float) -> str:
+    return f"{v:,.0f}x" if v >= 10 else f"{v:.2f}x"
 
 
 def machine() -> str:
