@@ -6,16 +6,16 @@ residual f − g over the same region makes it an unbiased estimate of ∫ f, wi
 (neural control variates, Müller et al. 2020; Li et al. 2024):
 
     ∫_box w·f  =  ∫_box w·g  +  ∫_box w·(f − g)
-               ≈  closed form  +  C · mean_j (f − g)(t_j),        t_j ~ p = w / C
+               ≈  closed form  +  vol · mean_j w(t_j)·(f − g)(t_j),        t_j uniform in the box
 
-Two weights w, per integration variable i with bounds aᵢ, bᵢ and hᵢ = bᵢ − aᵢ:
+Two weights w, per integration variable i with bounds aᵢ, bᵢ and hᵢ = bᵢ − aᵢ (vol = Πᵢ hᵢ):
 
-* ``"box"`` (w = 1, :meth:`CompiledNetwork.integrate`): t uniform in the box, C = Πᵢ hᵢ;
+* ``"box"`` (w = 1, :meth:`CompiledNetwork.integrate`);
 * ``"repeated"`` (Cauchy's kernel w = Πᵢ (bᵢ − sᵢ)^{kᵢ−1}/(kᵢ−1)!, the kᵢ-fold repeated integral of
-  :func:`~autoint_compiler.runtime.antiderivative.repeated_integral`): t uniform in the box as well,
-  each sample weighted by w(t). (Importance sampling from the kernel, s = b − h·u^{1/k}, would make
-  the weight constant but put a u^{1/k} kink into the integrand, which costs stratification and
-  quasi-random points their accuracy and the small-N intervals their coverage.)
+  :func:`~autoint_compiler.runtime.antiderivative.repeated_integral`). Importance sampling from the
+  kernel, s = b − h·u^{1/k}, would make the weight constant but put a u^{1/k} kink into the
+  integrand, which costs stratification and quasi-random points their accuracy and the small-N
+  intervals their coverage.
 
 Points are t = a + h·u for u in the unit cube. Samplers (u per row, independent across rows):
 
