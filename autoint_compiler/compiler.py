@@ -217,15 +217,25 @@ class CompiledNetwork:
             cache[key] = module.GradNet.from_integral(self.integral)
         return cache[key]
 
-    def integrate(self, lower, upper, x=None):
+    def integrate(self, lower, upper, x=None, *, f=None, samples=None, sampler=None, generator=None):
         """∫ of f = ``self.grad`` over the box ``lower``..``upper`` ([N, n_vars], one column per distinct
         integration variable); other inputs from ``x`` ([N, D]). Closed form: the antiderivative of
         orders (k_i − 1) at the 2ⁿ corners (inclusion–exclusion); for order 1 that is Φ itself.
 
         The bounds may also be Python numbers or sequences (a number is the same bound for every
         variable and row; ``[a1, a2]`` one row): they become tensors of the network's dtype and device,
-        with as many rows as ``x`` has (one without ``x``)."""
+        with as many rows as ``x`` has (one without ``x``).
+
+        With ``f`` (a callable [M, D] -> [M, out], the signal the grad network was fitted to) and
+        ``samples=N``: an ``IntegralEstimate`` (``.value``, ``.stderr``, ``.ci(level)``), the closed
+        form plus the Monte Carlo mean of f − grad over the box, unbiased for ∫ f
+        (``runtime/estimate.py``; ``sampler``: uniform, stratified or sobol)."""
         lower, upper = self._as_bounds("lower", lower, x), self._as_bounds("upper", upper, x)
+        if f is not None or samples is not None or sampler is not None or generator is not None:
+            from .runtime.estimate import corrected
+
+            return corrected(self, lambda: self.integrate(lower, upper, x), lower, upper, x,
+                             f=f, samples=samples, sampler=sampler, generator=generator)
         if all(k == 1 for k in self.orders.values()):
             return self.integral.integrate(lower, upper, x)
         from .runtime.antiderivative import integrate

@@ -51,6 +51,8 @@ def test_higher_orders_skip_or_run(tmp_path):
     for r in rows.values():
         assert r["status"] == "ok" or r["status"].startswith("skipped: "), r
     assert rows["1", B.M_WORKAROUND]["status"] == "ok"
+    for dims in ("1", "2"):  # compile time and Taylor-mode node count of every compiled network
+        assert float(rows[dims, B.M_COMPILED]["compile_s"]) > 0 and int(rows[dims, B.M_COMPILED]["grad_nodes"]) > 10
     for m in (B.M_FUNC, B.M_AUTOGRAD):
         assert rows["1", m]["status"] == "ok"
         assert float(rows["1", m]["max_rel_diff_pred"]) < 1e-4

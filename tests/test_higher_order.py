@@ -145,8 +145,8 @@ def test_graph_size_budget_is_a_clear_compile_error():
 
 
 def test_order_limits_are_spec_errors():
-    with pytest.raises(ac.SpecError, match="total order 7 is more than 6"):
-        ac.load_spec(_spec({"t": 4, "y": 3}))
+    with pytest.raises(ac.SpecError, match="total order 10 is more than 9"):
+        ac.load_spec(_spec({"t": 4, "y": 3, "z": 3}))
     with pytest.raises(ac.SpecError, match="order of 't' must be an integer"):
         ac.load_spec(_spec({"t": 0}))
 

@@ -104,14 +104,26 @@ def test_cli_train_1d_writes_outputs(tmp_path, capsys):
             "--no-progress",
             "--intervals",
             "100",
+            "--mc-seeds",
+            "20",
+            "--mc-samples",
+            "8",
         ]
     )
     assert args.func is oned.run_cli
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "exact -0.570000" in out and "| poly |" in out and "| gaussians |" in out
+    assert "variance reduction" in out and "| poly | sobol | 8 |" in out
     results = json.loads((tmp_path / "oned_results.json").read_text())
     assert [r["signal"] for r in results] == ["poly", "gaussians"]
+    for r in results:  # the Monte Carlo study: 20 intervals x 20 seeds, every sampler, and its curve
+        mc = r["mc"]
+        assert mc["seeds"] == 20 and set(mc["samplers"]) == {"uniform", "stratified", "sobol"}
+        for s in mc["samplers"].values():
+            assert 0.5 < s["coverage_95"] <= 1 and s["variance_reduction"] > 0 and s["corrected_rmse"] > 0
+        assert len(mc["curve"]["samples"]) == len(mc["curve"]["plain_uniform"]) == 5
+    assert (tmp_path / "oned_mc_error.png").stat().st_size > 10_000
     for name in ("poly", "gaussians"):
         assert (tmp_path / f"oned_{name}.png").stat().st_size > 10_000
         assert (tmp_path / f"oned_{name}.safetensors").exists()
@@ -132,9 +144,9 @@ def test_parse_activation_forms():
 
 
 def test_demo_prints_integral_against_exact(capsys):
-    res = oned.demo(steps=50)
+    res = oned.demo(steps=50, mc_seeds=10)
     out = capsys.readouterr().out
-    assert "[poly]" in out and "exact -0.570000" in out
+    assert "[poly]" in out and "exact -0.570000" in out and "MC uniform" in out
     assert res["signal"] == "poly" and res["steps"] == 50
 
 

@@ -167,6 +167,8 @@ CLI = [
     "100",
     "--keep-checkpoints",
     "2",
+    "--mc-seeds",
+    "0",
 ]
 
 

@@ -19,6 +19,12 @@ Physics used as data augmentation (``mirror``, on by default): a measured line `
 also the line ``(-s, theta + 180 deg)``; ``theta`` enters the positional encoding with period
 360 deg, so the measured angles wrap around consistently.
 
+Integrals you can trust (issue 20): for each trained network, on 16 random lines (any angle), the
+AutoInt error next to the control-variate estimate ``net.integrate(-c, c, x, f=mu, samples=32)``, f = the
+phantom's attenuation along the line (bilinear, the interpolation ``radon`` uses): its error and 95%
+interval coverage over 1,000 seeds and the variance reduction against plain Monte Carlo with as many
+samples of f (:mod:`.mc_study`); exact line integrals by 4,096-point midpoint quadrature of the same f.
+
 CLI: ``autoint-compile ct [--factors 4,8,16] [--activations sine,swish,relu,softplus] ...``.
 """
 
@@ -59,6 +65,10 @@ __all__ = [
 ]
 
 DEFAULT_ACTIVATIONS = ("sine", "swish", "relu", "softplus")
+MC_LINES = 16
+MC_SEEDS = 1000
+MC_SAMPLES = 32
+MC_SAMPLERS = ("uniform", "sobol")
 DEFAULT_FACTORS = (4, 8, 16)
 INPUTS = ("rho", "theta", "t")
 
@@ -86,6 +96,8 @@ class CTSettings:
     compile: bool = False
     threads: int | None = 1  # one CPU thread: faster for these sizes, and robust to shared cores
     progress: bool | None = None
+    mc_seeds: int = MC_SEEDS  # seeds of the Monte Carlo study (0: skip it)
+    mc_samples: int = MC_SAMPLES
     extra: dict = field(default_factory=dict)
 
     def train_config(self, activation: Any = None) -> TrainConfig:
@@ -235,6 +247,73 @@ def predict_sinogram(net: Any, problem: CTProblem, chunk: int = 65536) -> np.nda
     return pred * problem.scale
 
 
+def attenuation(net: Any, problem: CTProblem):
+    """f for the network's inputs [M, 3] (rho, theta input, t; normalised units) -> [M, 1]: the phantom
+    at the point of line (rho, theta) at position t, bilinear between pixel centres and zero outside the
+    image (skimage's ``radon`` rotates the image with the same interpolation), float64."""
+    rho_c, th_c, t_c = _columns(net)
+    img = torch.from_numpy(problem.image)
+    n = problem.size
+    c = n // 2
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        p = p.double().cpu()
+        s, t = p[:, rho_c] * (n / 2), p[:, t_c] * (n / 2)
+        th = torch.deg2rad((p[:, th_c] + 1.0) * 180.0)
+        col = c + s * torch.cos(th) + t * torch.sin(th)
+        row = c - s * torch.sin(th) + t * torch.cos(th)
+        r0, c0 = row.floor(), col.floor()
+        fr, fc = row - r0, col - c0
+        out = torch.zeros_like(row)
+        for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+            r, cc = (r0 + dr).long(), (c0 + dc).long()
+            ok = (r >= 0) & (r < n) & (cc >= 0) & (cc < n)
+            out = out + torch.where(ok, w * img[r.clamp(0, n - 1), cc.clamp(0, n - 1)], torch.zeros_like(w))
+        return out[:, None]
+
+    return f
+
+
+def mc_report(
+    net: Any, problem: CTProblem, *, seeds: int = MC_SEEDS, samples: int = MC_SAMPLES, seed: int = 2020, log=None
+) -> dict[str, Any]:
+    """The control-variate study of :mod:`.mc_study` on ``MC_LINES`` random lines (|rho| <= 0.9, any of
+    the full set of angles, measured or not)."""
+    from .mc_study import study
+
+    rng = np.random.default_rng(seed)
+    rho_all = ct_data.detector_rho(problem.size)
+    rho = rng.choice(rho_all[np.abs(rho_all) <= 0.9], MC_LINES)
+    theta = rng.choice(problem.theta, MC_LINES)
+    x, half = _line_inputs(net, rho, theta)
+    param = next(net.integral.parameters())
+    xt = torch.from_numpy(x).to(param.device, param.dtype)
+    hi = torch.from_numpy(half)[:, None].to(param.device, param.dtype)
+    f = attenuation(net, problem)
+    # exact: 4,096-point midpoint rule of the same f between the network's (rounded) chord ends
+    m = 4096
+    h = hi.double().cpu()
+    t = -h + (torch.arange(m, dtype=torch.float64) + 0.5) / m * 2 * h  # [lines, m]
+    pts = xt.double().cpu()[:, None, :].repeat(1, m, 1)
+    pts[:, :, _columns(net)[2]] = t
+    exact = (f(pts.reshape(-1, 3)).reshape(MC_LINES, m) * (2 * h / m)).sum(1, keepdim=True)
+    return study(
+        net,
+        f,
+        -hi,
+        hi,
+        xt,
+        exact.to(param.device),
+        samples=samples,
+        seeds=seeds,
+        samplers=MC_SAMPLERS,
+        curve_samples=(4, 16, 64, 256),
+        curve_seeds=50,
+        seed=seed,
+        log=log,
+    )
+
+
 def fit_ct(
     problem: CTProblem, activation: Any = "swish", settings: CTSettings | None = None, spec: Any = None
 ) -> tuple[Any, History, np.ndarray, dict[str, Any]]:
@@ -294,6 +373,7 @@ def run_sweep(
     """
     s = settings or CTSettings()
     rows: list[dict[str, Any]] = []
+    mc: list[dict[str, Any]] = []
     sinos: dict[tuple[str, int], np.ndarray] = {}
     problems: dict[int, CTProblem] = {}
     t_start = time.perf_counter()
@@ -313,7 +393,7 @@ def run_sweep(
             if verbose and distributed.is_main():
                 print(f"[x{factor:>2}] {method:<9} PSNR {m['psnr']:6.2f} dB", flush=True)
         for act in ["spec"] if spec is not None else activations:
-            _, hist, pred, m = fit_ct(prob, act, s, spec=spec)
+            net, hist, pred, m = fit_ct(prob, act, s, spec=spec)
             label = _act_label(act)
             rows.append(_row("autoint", label, factor, prob, m, s))
             sinos[(f"autoint-{label}", factor)] = pred
@@ -324,8 +404,12 @@ def run_sweep(
                     f"loss {m['final_loss']:.2e}; {m['train_s']:.1f} s",
                     flush=True,
                 )
+            if s.mc_seeds > 0 and distributed.is_main():
+                log = print if verbose else None
+                study = mc_report(net, prob, seeds=s.mc_seeds, samples=s.mc_samples, log=log)
+                mc.append({"activation": label, "factor": factor, **study})
     total = time.perf_counter() - t_start
-    result = {"rows": rows, "sinograms": sinos, "problems": problems, "total_s": total}
+    result = {"rows": rows, "sinograms": sinos, "problems": problems, "total_s": total, "mc": mc}
     main = distributed.is_main()  # under torchrun only rank 0 prints and writes
     if verbose and main:
         print()
@@ -335,12 +419,36 @@ def run_sweep(
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(rows, out_dir / "ct_results.csv")
-        (out_dir / "ct_results.md").write_text(format_report(rows, s, total))
+        (out_dir / "ct_results.md").write_text(format_report(rows, s, total) + _mc_section(mc))
         (out_dir / "ct_results.json").write_text(
-            json.dumps({"settings": _settings_dict(s), "total_s": total, "rows": rows}, indent=2) + "\n"
+            json.dumps({"settings": _settings_dict(s), "total_s": total, "rows": rows, "mc": mc}, indent=2) + "\n"
         )
         plot_sweep(result, out_dir / "ct_sinograms.png")
+        if mc:
+            from .mc_study import plot_curves
+
+            act = "swish" if any(r["activation"] == "swish" for r in mc) else mc[0]["activation"]
+            shown = [r for r in mc if r["activation"] == act]
+            panels = [(f"CT line integrals, {r['activation']} x{r['factor']}", r) for r in shown]
+            plot_curves(panels, out_dir / "ct_mc_error.png")
     return result
+
+
+def _mc_section(mc: Sequence[dict[str, Any]]) -> str:
+    if not mc:
+        return ""
+    from .mc_study import format_table as mc_table
+    from .mc_study import machine
+
+    return (
+        "\n## Integrals you can trust: AutoInt + Monte Carlo of the residual f - grad (issue 20)\n\n"
+        + mc_table([(f"AutoInt ({r['activation']}) {r['factor']}x", r) for r in mc])
+        + f"\n{MC_LINES} random lines (|rho| <= 0.9, any angle), each estimated with {mc[0]['seeds']} independent "
+        "seeds; f = the phantom's attenuation along the line (bilinear), exact = 4,096-point midpoint quadrature "
+        "of f; errors in normalised units (sinogram / (size / 2)). mean err / SE: the mean error in units of its "
+        "standard error (|.| < 4 expected: unbiased); variance reduction = MSE(plain MC) / MSE(corrected), same "
+        f"sampler and samples of f. Machine: {machine()}.\n"
+    )
 
 
 def _settings_dict(s: CTSettings) -> dict[str, Any]:
@@ -597,6 +705,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--spec", default=None, help="train this spec (inputs rho, theta, t; integrate [t]) instead of --activations"
     )
+    p.add_argument(
+        "--mc-seeds", type=int_range(0, 10**6), default=d.mc_seeds, help="seeds of the Monte Carlo study (0: skip it)"
+    )
+    p.add_argument("--mc-samples", type=int_range(2, 10**6), default=d.mc_samples, help="samples of f per line")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_cli)
     return p
@@ -630,6 +742,8 @@ def run_cli(args: argparse.Namespace) -> int:
         compile=args.compile,
         threads=args.threads or None,
         progress=False if args.no_progress else None,
+        mc_seeds=args.mc_seeds,
+        mc_samples=args.mc_samples,
     )
     run_sweep(args.activations, args.factors, s, out=args.out, spec=args.spec)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import sys
 
 import sympy as sp
 from sympy.printing.str import StrPrinter
@@ -265,7 +266,14 @@ def split_long(name: str, code: str, limit: int = 96) -> list[str]:
     line = f"{name} = {code}"
     if len(line) <= limit:
         return [line]
-    body = _layout(ast.parse(code, mode="eval").body, 4, limit)
+    # high orders (∂⁹Φ: the 9th derivative of an activation) print sums hundreds of terms deep, and
+    # ast.unparse recurses once per operator: lift Python's recursion limit for the layout only
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 50_000))
+    try:
+        body = _layout(ast.parse(code, mode="eval").body, 4, limit)
+    finally:
+        sys.setrecursionlimit(old)
     if len(body) == 1:
         return [line]
     return [f"{name} = ("] + body + [")"]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..arguments import check_backend, check_dtype, check_flag, check_precision
+from ..core.differentiate import orders_problem
 from ..core.names import safe_identifier
 from ..core.program import Program, make_program
 from ..errors import CompileError
@@ -36,8 +37,6 @@ class ZeroGradWarning(UserWarning):
 
 def _orders(integrate, in_features: int) -> dict[int, int]:
     """``integrate``: column indices, or a mapping column -> order; total order within the shared budget."""
-    from .spec import MAX_TOTAL_ORDER  # the one limit both frontends enforce
-
     if isinstance(integrate, dict):
         items = list(integrate.items())
     elif isinstance(integrate, (list, tuple)):
@@ -55,12 +54,8 @@ def _orders(integrate, in_features: int) -> dict[int, int]:
         orders[col] = orders.get(col, 0) + k
     if not orders:
         raise CompileError(f"{WHERE}: integrate must name at least one input column")
-    total = sum(orders.values())
-    if total > MAX_TOTAL_ORDER:
-        raise CompileError(
-            f"{WHERE}: integrate asks for total derivative order {total}, more than {MAX_TOTAL_ORDER} (the limit of "
-            "both frontends: compile time and memory grow fast with it)"
-        )
+    if (problem := orders_problem(orders)) is not None:  # the one budget both frontends enforce
+        raise CompileError(f"{WHERE}: integrate: {problem}")
     return orders
 
 

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ..core.activations import ACTIVATIONS, FormulaError, parse_formula
+from ..core.differentiate import MAX_TOTAL_ORDER, orders_problem
 from ..core.formula import check_derivative_cost
 from ..core.names import is_identifier, safe_identifier
 from ..core.ops import OPS
@@ -186,14 +187,12 @@ class GraphNode(BaseModel):
     inputs: list[str] = Field(default_factory=list, alias="in")
 
 
-#: total derivative order of the grad network (over at most this many distinct variables)
-MAX_TOTAL_ORDER = 6
 
 
 class NetworkSpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     inputs: dict[str, int] = Field(min_length=1)
-    integrate: list[str] = Field(min_length=1, max_length=MAX_TOTAL_ORDER)
+    integrate: list[str] = Field(min_length=1)
     output: int | None = Field(default=None, ge=1, le=65536)
     mlp: MLPSpec | None = None
     graph: list[GraphNode] | None = None
@@ -220,9 +219,17 @@ class NetworkSpec(_Strict):
             if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOTAL_ORDER:
                 raise ValueError(f"order of {name!r} must be an integer from 1 to {MAX_TOTAL_ORDER}, got {k!r}")
             out += [name] * k
-        if len(out) > MAX_TOTAL_ORDER:
-            raise ValueError(f"total order {len(out)} is more than {MAX_TOTAL_ORDER}")
         return out
+
+    @field_validator("integrate")
+    @classmethod
+    def _order_budget(cls, v: list[str]) -> list[str]:
+        counts: dict[str, int] = {}
+        for name in v:
+            counts[name] = counts.get(name, 0) + 1
+        if (problem := orders_problem(counts)) is not None:
+            raise ValueError(problem)
+        return v
 
     @property
     def orders(self) -> dict[str, int]:

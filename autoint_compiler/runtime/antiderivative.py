@@ -202,7 +202,17 @@ def integrate(net: Any, lower: torch.Tensor, upper: torch.Tensor, x: torch.Tenso
     return _tensor_sum(N, x, factors)
 
 
-def repeated_integral(net: Any, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+def repeated_integral(
+    net: Any,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    x: torch.Tensor | None = None,
+    *,
+    f: Any = None,
+    samples: int | None = None,
+    sampler: str | None = None,
+    generator: torch.Generator | None = None,
+) -> Any:
     """The kᵢ-fold repeated integral of f = ∂^kΦ in every variable i (kᵢ = ``net.orders``):
 
         ∫_{aᵢ}^{bᵢ} ds₁ ∫_{aᵢ}^{s₁} ds₂ … ∫_{aᵢ}^{s_{kᵢ−1}} ds_{kᵢ} f   =   ∫_{aᵢ}^{bᵢ} (bᵢ−s)^{kᵢ−1}/(kᵢ−1)! f(s) ds
@@ -211,7 +221,16 @@ def repeated_integral(net: Any, a: torch.Tensor, b: torch.Tensor, x: torch.Tenso
     (Taylor's theorem with integral remainder), applied as a tensor product over the variables:
     Π(kᵢ+1) evaluations of the networks of order 0..kᵢ−1. Order 1 everywhere is :func:`integrate`.
     ``a``, ``b``: [N, n_vars]; ``x`` ([N, D], default zeros) the other inputs. Returns [N, out].
+
+    With ``f`` and ``samples`` (as ``net.integrate``): an ``IntegralEstimate`` of the repeated integral
+    of f, the closed form plus Monte Carlo of the Cauchy-weighted residual (b − s)^{k−1}/(k−1)!·(f − grad)
+    over the box (``runtime/estimate.py``).
     """
+    if f is not None or samples is not None or sampler is not None or generator is not None:
+        from .estimate import corrected
+
+        return corrected(net, lambda: repeated_integral(net, a, b, x), a, b, x, f=f, samples=samples,
+                         sampler=sampler, generator=generator, weights="repeated")
     N = _Net(net)
     a = _bounds("a", a, N.n)
     b = _bounds("b", b, N.n, a)
