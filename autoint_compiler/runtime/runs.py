@@ -106,6 +106,22 @@ class RunDir:
         self.world = distributed.world_size()
         self._t0 = time.perf_counter()
         self._last_step = 0
+        self.prior_s = 0.0  # training seconds of the sessions before this one (from the checkpoint)
+        self.lr_factor = 1.0  # the divergence guard's learning-rate factor (saved, restored)
+        self.final_train_s: float | None = None
+
+    @property
+    def train_s(self) -> float:
+        """Training seconds so far, over every session of the run (at the final checkpoint: as saved)."""
+        if self.final_train_s is not None:
+            return self.final_train_s
+        return self.prior_s + time.perf_counter() - self._t0
+
+    def _saving_train_s(self, step: int) -> float:
+        value = self.prior_s + time.perf_counter() - self._t0
+        if step >= int(self.cfg.steps):
+            self.final_train_s = value  # what the run reports is what the checkpoint says
+        return value
 
     # ------------------------------------------------------------------ opening
 
@@ -206,6 +222,8 @@ class RunDir:
             "run_world_size": self.world,
             "run_config": json.dumps({k: _config_dict(self.cfg)[k] for k in RESUME_KEYS}, sort_keys=True),
             "optim_param_groups": json.dumps(state["param_groups"]),
+            "run_train_s": f"{self._saving_train_s(step):.3f}",
+            "run_lr_factor": repr(self.lr_factor),
         }
         path = self.ckpt_dir / f"step-{step:08d}.safetensors"
         save_checkpoint(path, self.net, extra=extra, extra_tensors=tensors)
@@ -254,4 +272,7 @@ class RunDir:
             raise CheckpointError(f"checkpoint {path}: {saved.numel()} losses for step {step}")
         losses[:step] = saved.to(losses.device)
         self._last_step = step
+        self.prior_s = float(meta.get("run_train_s", "0"))
+        self.lr_factor = float(meta.get("run_lr_factor", "1.0"))
+        self._t0 = time.perf_counter()
         return step
