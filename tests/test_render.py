@@ -314,6 +314,8 @@ def test_cli_writes_metrics_images_and_resumes(tmp_path, capsys):
         "8,8",
         "--frequencies",
         "2",
+        "--time-matched",
+        "4",
         "--no-progress",
     ]
     args = parser.parse_args(argv)
@@ -321,12 +323,17 @@ def test_cli_writes_metrics_images_and_resumes(tmp_path, capsys):
     assert args.func(args) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics) == ["blobs"]
-    assert list(metrics["blobs"]) == ["quadrature-N8", "autoint-K4"]
+    assert list(metrics["blobs"]) == ["quadrature-N8", "autoint-K4", "autoint-K4@time"]
     for m in metrics["blobs"].values():
         assert {"psnr", "ssim", "render_ms", "evals_per_ray", "train_s"} <= set(m)  # the contract (DESIGN.md)
-        assert m["steps"] == 6 and m["divergences"] == 0 and m["ray_spread"] >= 0
+        assert m["divergences"] == 0 and m["ray_spread"] >= 0
         assert math.isfinite(m["psnr"]) and -1 <= m["ssim"] <= 1 and m["render_ms"] > 0
     assert metrics["blobs"]["autoint-K4"]["evals_per_ray"] == 5
+    assert metrics["blobs"]["autoint-K4"]["steps"] == metrics["blobs"]["quadrature-N8"]["steps"] == 6
+    # the time-matched row: as many steps as the quadrature step costs in AutoInt steps (measured)
+    matched = json.loads((tmp_path / "time_matched.json").read_text())["blobs/autoint-K4@time"]
+    assert matched["steps"] == metrics["blobs"]["autoint-K4@time"]["steps"] == max(6, round(6 * matched["ratio"]))
+    assert "At equal training time" in (tmp_path / "results.md").read_text()
     assert metrics["blobs"]["quadrature-N8"]["evals_per_ray"] == 8
     assert (tmp_path / "blobs_compare.png").stat().st_size > 5000
     assert (tmp_path / "blobs" / "autoint-K4_view1.png").exists()
@@ -342,7 +349,8 @@ def test_cli_writes_metrics_images_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert args.func(args) == 0  # again: everything is loaded from the checkpoints
     out = capsys.readouterr().out
-    assert out.count("resumed at step 6") == 2
+    assert out.count("resumed at step 6") == 2 + (matched["steps"] == 6)
+    assert out.count(f"resumed at step {matched['steps']}") >= 1
     again = json.loads((tmp_path / "metrics.json").read_text())
     assert again["blobs"]["autoint-K4"]["psnr"] == pytest.approx(metrics["blobs"]["autoint-K4"]["psnr"])
     assert again["blobs"]["autoint-K4"]["train_s"] == pytest.approx(metrics["blobs"]["autoint-K4"]["train_s"], abs=1e-2)

@@ -88,6 +88,7 @@ from .render_eval import (
     constant_image_psnr,
     evaluate,
     format_table,
+    format_time_matched,
     image_metrics,
     interleaved_render_ms,
     plot_compare,
@@ -145,6 +146,7 @@ __all__ = [
     "ray_consistency",
     "plot_compare",
     "format_table",
+    "format_time_matched",
     "run",
     "add_parser",
     "settings_from_args",
@@ -212,9 +214,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _time_matched_steps(
-    scene: str, k: int, base: str, models: dict, train: Views, s: RenderSettings, out: Path
-) -> dict[str, Any]:
+def _time_matched_steps(scene: str, k: int, base: str, train: Views, s: RenderSettings, out: Path) -> dict[str, Any]:
     """Steps for ``autoint-K<k>@time``: ``s.steps`` times the ratio of the seconds per training step
     of ``base`` and ``autoint-K<k>``, measured interleaved; kept in ``out/time_matched.json`` so a
     resumed experiment trains (and resumes) the same run."""
@@ -223,7 +223,7 @@ def _time_matched_steps(
     key = f"{scene}/autoint-K{k}@time"
     if key in known and known[key].get("base_steps") == s.steps and known[key].get("base") == base:
         return known[key]
-    sec = step_seconds({base: models[base], f"autoint-K{k}": models[f"autoint-K{k}"]}, train, s)
+    sec = step_seconds({base: build_model(base, s), f"autoint-K{k}": build_model(f"autoint-K{k}", s)}, train, s)
     ratio = sec[base] / sec[f"autoint-K{k}"]
     entry = {
         "base": base,
@@ -324,7 +324,7 @@ def run(s: RenderSettings, out: str | Path, *, verbose: bool = True, resume: boo
                 write_metrics()
                 if not todo and matched:  # every equal-steps model is trained: the time-matched ones
                     for k in matched:
-                        tm = _time_matched_steps(scene, k, base, models, train, s, out)
+                        tm = _time_matched_steps(scene, k, base, train, s, out)
                         extra[scene]["time_matched"][f"autoint-K{k}@time"] = tm
                         todo.append((f"autoint-K{k}@time", tm["steps"]))
                         if verbose:
@@ -363,7 +363,11 @@ def run(s: RenderSettings, out: str | Path, *, verbose: bool = True, resume: boo
         "scenes": extra,
     }
     (out / "settings.json").write_text(json.dumps(info, indent=2) + "\n")
-    table = format_table(metrics)
+    baseline = f"quadrature-N{max(s.quad_samples)}" if s.quad_samples else "quadrature-N128"
+    table = format_table(metrics, baseline)
+    matched = format_time_matched(metrics, baseline)
+    if matched:
+        table += "\nAt equal training time (the @time rows):\n\n" + matched
     (out / "results.md").write_text(
         table + f"\nCPU: {info['cpu']} ({info['cpu_count']} cores), torch {torch.__version__}, "
         f"{s.threads} thread(s); whole run {total:.0f} s.\n"

@@ -25,6 +25,7 @@ __all__ = [
     "ray_consistency",
     "plot_compare",
     "format_table",
+    "format_time_matched",
 ]
 
 
@@ -205,4 +206,37 @@ def format_table(metrics: dict[str, dict[str, dict[str, float]]], baseline: str 
                 f"| {scene} | {m} | {v['evals_per_ray']} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['render_ms']:.1f} "
                 f"| {speed} | {dpsnr} | {v['train_s']:.1f} |"
             )
+    return head + "\n".join(rows) + "\n"
+
+
+#: issue 20's bar for AutoInt at equal training time: dB below quadrature-N128 allowed per scene
+TARGET_DB = {"blobs": 2.0, "spheres": 2.0, "thin": 3.0}
+TARGET_SPEEDUP = 10.0
+
+
+def format_time_matched(metrics: dict[str, dict[str, dict[str, float]]], baseline: str = "quadrature-N128") -> str:
+    """Markdown: each ``@time`` row against ``baseline`` (PSNR difference, render speed-up, train
+    seconds of both) and whether it meets :data:`TARGET_DB` / :data:`TARGET_SPEEDUP`."""
+    rows = []
+    for scene, by in metrics.items():
+        base = by.get(baseline)
+        if base is None:
+            continue
+        for m, v in by.items():
+            if not m.endswith("@time"):
+                continue
+            dpsnr = v["psnr"] - base["psnr"]
+            speed = base["render_ms"] / v["render_ms"]
+            allowed = TARGET_DB.get(scene)
+            ok = "" if allowed is None else ("yes" if dpsnr >= -allowed and speed >= TARGET_SPEEDUP else "no")
+            rows.append(
+                f"| {scene} | {m} | {v['steps']} | {v['train_s']:.1f} | {base['train_s']:.1f} | {dpsnr:+.2f} "
+                f"| {'' if allowed is None else f'-{allowed:g}'} | {speed:.1f}x | {ok} |"
+            )
+    if not rows:
+        return ""
+    head = (
+        f"| scene | method | steps | train s | {baseline} train s | PSNR - {baseline} | allowed | speed-up | met |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---|\n"
+    )
     return head + "\n".join(rows) + "\n"

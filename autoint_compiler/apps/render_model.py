@@ -70,7 +70,7 @@ class RenderSettings:
     sigma_scale: float = 10.0
     density_act: str = "relu"  # relu | softplus: applied to raw density (per sample or section average)
     color_act: str = "linear"  # linear | sigmoid
-    density_bias: float = 0.0  # added to the raw section density before the activation (keeps relu alive at init)
+    density_bias: float = 0.1  # added to the raw section density before the relu: no dead sections at the start
     color_mode: str = "uniform"  # uniform: c_i = section mean of c; weighted: density-weighted mean (Phi of sigma*c)
     steps: int = 3000
     batch_rays: int = 256
@@ -118,7 +118,9 @@ class RenderSettings:
 
 
 #: ``--quick``: a few minutes per scene on a 2-core CPU, same outputs.
-QUICK = dict(size=32, n_train=40, n_test=3, gt_samples=512, steps=600, batch_rays=128, samples_per_ray=32)
+QUICK = dict(
+    size=32, n_train=40, n_test=3, gt_samples=512, steps=600, batch_rays=128, samples_per_ray=32, sections=(8, 16)
+)
 
 #: ``--paper-size``: the original's field network (8 x 256 swish, posenc 10 octaves, skip at layer 4).
 PAPER = dict(hidden_sigma=(256,) * 8, hidden_color=(256,) * 8, frequencies=10, skips=(4,))

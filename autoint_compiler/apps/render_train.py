@@ -210,9 +210,7 @@ def step_seconds(
 ) -> dict[str, float]:
     """Seconds per training step of each model, measured interleaved (every model in turn, ``rounds``
     times ``steps`` steps, the fastest round): on a shared machine a burst of load hits every model
-    alike. The models are trained on copies of their parameters (left unchanged)."""
-    import copy
-
+    alike. The models are trained (pass fresh ones: :func:`.render_model.build_model`)."""
     device = resolve_device(s.device)
     dtype = _dtype(s)
     o_all, d_all, rgb_all = (v.to(device, dtype) for v in train_views.flat())
@@ -220,9 +218,8 @@ def step_seconds(
     gen.manual_seed(s.seed)
     work = {}
     for name, m in models.items():
-        c = copy.deepcopy(m).to(device)
-        c.train()
-        work[name] = (c, torch.optim.Adam(c.parameters(), lr=s.lr * 1e-3))
+        m.to(device).train()
+        work[name] = (m, torch.optim.Adam(m.parameters(), lr=s.lr))
     best = {name: math.inf for name in models}
     old = torch.get_num_threads()
     if s.threads:
