@@ -367,3 +367,16 @@ def test_cli_errors_are_one_line(capsys):
     assert args.func(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "512" in err
+
+
+def test_density_bias_decays_to_zero_and_the_trained_model_renders_without_it():
+    from autoint_compiler.apps.render_train import density_bias_at
+
+    s = replace(TINY, density_bias=0.2, bias_decay=0.5)
+    assert [density_bias_at(s, k, 100) for k in (0, 25, 50, 100)] == pytest.approx([0.2, 0.1, 0.0, 0.0])
+    assert density_bias_at(replace(s, bias_decay=0.0), 100, 100) == 0.2  # kept
+    train, _ = RS.make_views(RS.get_scene("blobs"), 2, 1, 6, gt_samples=512)
+    model = R.build_model("autoint-K4", s)
+    assert model.density_bias == 0.2
+    R.train_model(model, train, replace(s, steps=4), method="autoint-K4")
+    assert model.density_bias == 0.0

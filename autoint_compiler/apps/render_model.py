@@ -71,6 +71,7 @@ class RenderSettings:
     density_act: str = "relu"  # relu | softplus: applied to raw density (per sample or section average)
     color_act: str = "linear"  # linear | sigmoid
     density_bias: float = 0.1  # added to the raw section density before the relu: no dead sections at the start
+    bias_decay: float = 0.1  # ... decayed linearly to 0 over this share of the steps (0: kept; see render_train)
     color_mode: str = "uniform"  # uniform: c_i = section mean of c; weighted: density-weighted mean (Phi of sigma*c)
     steps: int = 3000
     batch_rays: int = 256
@@ -100,6 +101,8 @@ class RenderSettings:
             raise ValueError(f"ray_encoding must be 'point' or 'plucker', got {self.ray_encoding!r}")
         if self.color_mode not in ("uniform", "weighted"):
             raise ValueError(f"color_mode must be 'uniform' or 'weighted', got {self.color_mode!r}")
+        if not 0.0 <= self.bias_decay <= 1.0:
+            raise ValueError(f"bias_decay must be in [0, 1], got {self.bias_decay}")
         if self.consistency_weight < 0 or self.consistency_points < 1:
             raise ValueError("consistency_weight must be >= 0 and consistency_points >= 1")
         if self.gt_samples < 512:

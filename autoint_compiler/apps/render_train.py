@@ -30,7 +30,7 @@ from ..runtime.train import TrainConfig, resolve_device, train
 from .render_model import AutoIntField, QuadratureField, RenderSettings, _dtype
 from .render_scenes import Views
 
-__all__ = ["loss_terms", "consistency_penalty", "train_config", "train_model", "step_seconds"]
+__all__ = ["loss_terms", "consistency_penalty", "density_bias_at", "train_config", "train_model", "step_seconds"]
 
 
 def loss_terms(model: nn.Module, o, d, rgb, gen, s: RenderSettings) -> tuple[torch.Tensor, dict[str, float]]:
@@ -103,7 +103,7 @@ class _Bundle:
 _ARCH_KEYS = (
     "size hidden_sigma hidden_color frequencies dir_frequencies skips activation sampler_hidden sampler_frequencies "
     "section_eps uniform_sections samples_per_ray loss neg_penalty sigma_scale density_act color_act color_mode "
-    "density_bias consistency_weight consistency_points batch_rays near far dtype n_train"
+    "density_bias bias_decay consistency_weight consistency_points batch_rays near far dtype n_train"
 ).split()
 
 
@@ -133,6 +133,17 @@ def train_config(s: RenderSettings, *, steps: int | None = None, lr: float | Non
         resume=run_dir is not None,
         guard=s.guard,
     )
+
+
+def density_bias_at(s: RenderSettings, step: int, steps: int) -> float:
+    """AutoInt's density bias at ``step`` of ``steps``: ``s.density_bias``, decayed linearly to 0
+    over the first ``s.bias_decay`` of the steps (``bias_decay=0``: constant). The bias keeps every
+    section's relu alive while the networks are random (a negative section average has no gradient:
+    at initialisation about half the sections are dead); kept to the end it makes empty space need a
+    negative slope of Phi along each ray, which held-out views do not get (floaters)."""
+    if s.bias_decay <= 0:
+        return float(s.density_bias)
+    return float(s.density_bias) * max(0.0, 1.0 - step / (s.bias_decay * max(1, steps)))
 
 
 def _smoothed(losses: list[float], window: int = 50) -> float:
@@ -172,18 +183,23 @@ def train_model(
         model.to(device)
         bundle = _Bundle(model, f"render/{method}", _arch(model, method, s))
 
-        def loss_fn(module, gen, step, _model=model):
+        rd = None if run_dir is None else Path(run_dir) / (f"restart{len(restarts)}" if restarts else "")
+        cfg = train_config(s, steps=steps, lr=lr, run_dir=rd)
+
+        def loss_fn(module, gen, step, _model=model, _steps=cfg.steps):
+            if isinstance(_model, AutoIntField):
+                _model.density_bias = density_bias_at(s, step, _steps)
             idx = torch.randint(0, n_rays, (s.batch_rays,), generator=gen, device=device)
             return loss_terms(module, o_all[idx], d_all[idx], rgb_all[idx], gen, s)[0]
 
-        rd = None if run_dir is None else Path(run_dir) / (f"restart{len(restarts)}" if restarts else "")
-        cfg = train_config(s, steps=steps, lr=lr, run_dir=rd)
         try:
             hist = train(bundle, loss_fn, cfg, desc=desc, module="grad")
         except CheckpointError as exc:  # another configuration in the run directory: start over
             print(f"note: not resuming {desc}: {exc}", file=sys.stderr)
             shutil.rmtree(Path(rd) / "checkpoints", ignore_errors=True)
             hist = train(bundle, loss_fn, cfg, desc=desc, module="grad")
+        if isinstance(model, AutoIntField):  # what it renders with (also after loading a finished run)
+            model.density_bias = density_bias_at(s, cfg.steps, cfg.steps)
         final = _smoothed(hist.losses)
         collapsed = cfg.steps >= s.restart_min_steps and (not math.isfinite(final) or final > 0.8 * const_mse)
         if not collapsed or rebuild is None or len(restarts) >= s.max_restarts:
