@@ -200,6 +200,7 @@ def test_short_training_beats_a_constant_colour_image():
         steps=600,
         batch_rays=128,
         lr=5e-3,
+        uniform_sections=False,
     )
     train, test = RS.make_views(RS.get_scene("blobs"), s.n_train, s.n_test, s.size, gt_samples=512)
     model = R.build_model("autoint-K8", s)

@@ -417,7 +417,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--quad-samples", type=_int_list, default=None, help="N values of the baseline, e.g. 64,128 (none: skip it)"
     )
-    p.add_argument("--uniform-sections", action="store_true", help="equal sections instead of the sampling network")
+    sec = p.add_mutually_exclusive_group()
+    sec.add_argument("--uniform-sections", action="store_true", help="equal sections (the default)")
+    sec.add_argument(
+        "--learned-sections", action="store_true", help="a sampling network places the cuts (unstable: see the docs)"
+    )
     p.add_argument("--loss", choices=["both", "samples", "section"], default=None, help="AutoInt training loss")
     p.add_argument("--size", type=int, default=None, help="image side in pixels")
     p.add_argument("--train-views", type=int, default=None)
@@ -497,13 +501,14 @@ def settings_from_args(args: argparse.Namespace) -> RenderSettings:
     if args.hidden is not None:
         kw["hidden_sigma"] = kw["hidden_color"] = tuple(args.hidden)
     kw.update(
-        uniform_sections=args.uniform_sections,
         device=args.device,
         threads=args.threads or None,
         progress=False if args.no_progress else None,
     )
     if args.no_guard:
         kw["guard"] = False
+    if args.learned_sections:
+        kw["uniform_sections"] = False
     return replace(RenderSettings(), **kw)
 
 

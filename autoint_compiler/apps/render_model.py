@@ -63,7 +63,7 @@ class RenderSettings:
     sampler_hidden: tuple[int, ...] = (64, 64)
     sampler_frequencies: int = 3
     section_eps: float = 0.2  # share of each ray spread uniformly over the sections
-    uniform_sections: bool = False
+    uniform_sections: bool = True  # equal sections; False: the learned sampling network places the cuts
     samples_per_ray: int = 64  # grad-network samples per ray in the AutoInt 'samples' loss
     loss: str = "section"  # section | both | samples (see the module docstring)
     neg_penalty: float = 0.01
@@ -122,7 +122,15 @@ class RenderSettings:
 
 #: ``--quick``: a few minutes per scene on a 2-core CPU, same outputs.
 QUICK = dict(
-    size=32, n_train=40, n_test=3, gt_samples=512, steps=600, batch_rays=128, samples_per_ray=32, sections=(8, 16)
+    size=32,
+    n_train=40,
+    n_test=3,
+    gt_samples=512,
+    steps=600,
+    batch_rays=128,
+    samples_per_ray=32,
+    sections=(8, 16),
+    quad_samples=(128,),
 )
 
 #: ``--paper-size``: the original's field network (8 x 256 swish, posenc 10 octaves, skip at layer 4).

@@ -222,7 +222,7 @@ def train_model(
 
 
 def step_seconds(
-    models: dict[str, nn.Module], train_views: Views, s: RenderSettings, steps: int = 8, rounds: int = 3
+    models: dict[str, nn.Module], train_views: Views, s: RenderSettings, steps: int = 16, rounds: int = 3
 ) -> dict[str, float]:
     """Seconds per training step of each model, measured interleaved (every model in turn, ``rounds``
     times ``steps`` steps, the fastest round): on a shared machine a burst of load hits every model
