@@ -251,6 +251,7 @@ def _train_and_score(
         run_dir=run_dir,
         desc=f"{scene} {method}",
         steps=steps,
+        checkpoint_every=max(1, round(s.checkpoint_every * steps / max(1, s.steps))),  # as many as equal-steps runs
         rebuild=lambda: build_model(arch, replace(s, seed=s.seed + 100)),
     )
     model = info.pop("model")

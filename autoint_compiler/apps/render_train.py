@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 import sys
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,14 @@ def _arch(model: nn.Module, method: str, s: RenderSettings) -> dict[str, Any]:
     return arch
 
 
-def train_config(s: RenderSettings, *, steps: int | None = None, lr: float | None = None, run_dir=None) -> TrainConfig:
+def train_config(
+    s: RenderSettings,
+    *,
+    steps: int | None = None,
+    lr: float | None = None,
+    run_dir=None,
+    checkpoint_every: int | None = None,
+) -> TrainConfig:
     """The runtime's :class:`TrainConfig` for these settings (divergence guard on)."""
     return TrainConfig(
         steps=int(s.steps if steps is None else steps),
@@ -128,7 +135,7 @@ def train_config(s: RenderSettings, *, steps: int | None = None, lr: float | Non
         grad_clip=s.grad_clip,
         threads=s.threads,
         run_dir=None if run_dir is None else str(run_dir),
-        checkpoint_every=s.checkpoint_every if run_dir is not None else 0,
+        checkpoint_every=(s.checkpoint_every if checkpoint_every is None else checkpoint_every) if run_dir else 0,
         keep_checkpoints=1,
         resume=run_dir is not None,
         guard=s.guard,
@@ -160,13 +167,15 @@ def train_model(
     run_dir: str | Path | None = None,
     desc: str = "render",
     steps: int | None = None,
+    checkpoint_every: int | None = None,
     rebuild=None,
 ) -> dict[str, Any]:
     """Train ``model`` on random batches of the training rays with the runtime's loop.
 
     ``run_dir``: a run directory (checkpoints every ``checkpoint_every`` steps and at the end); a run
     found there resumes (a finished one is just loaded; one of another configuration is started
-    over). ``steps`` overrides ``s.steps`` (time-matched runs). ``rebuild()``, if given, builds a
+    over). ``steps`` and ``checkpoint_every`` override ``s.steps`` and ``s.checkpoint_every``
+    (time-matched runs: as many checkpoints as the run they are matched to). ``rebuild()``, if given, builds a
     fresh model for a restart after a collapse (without it there is none). Returns ``{"train_s",
     "steps", "final_loss", "resumed_from", "recoveries", "restarts", "stopped_early", "model"}``
     (a restart needs ``s.restart_min_steps`` steps: a short run that has not learned yet is no collapse)
@@ -184,7 +193,7 @@ def train_model(
         bundle = _Bundle(model, f"render/{method}", _arch(model, method, s))
 
         rd = None if run_dir is None else Path(run_dir) / (f"restart{len(restarts)}" if restarts else "")
-        cfg = train_config(s, steps=steps, lr=lr, run_dir=rd)
+        cfg = train_config(s, steps=steps, lr=lr, run_dir=rd, checkpoint_every=checkpoint_every)
 
         def loss_fn(module, gen, step, _model=model, _steps=cfg.steps):
             if isinstance(_model, AutoIntField):
@@ -224,35 +233,25 @@ def train_model(
 def step_seconds(
     models: dict[str, nn.Module], train_views: Views, s: RenderSettings, steps: int = 16, rounds: int = 3
 ) -> dict[str, float]:
-    """Seconds per training step of each model, measured interleaved (every model in turn, ``rounds``
-    times ``steps`` steps, the fastest round): on a shared machine a burst of load hits every model
-    alike. The models are trained (pass fresh ones: :func:`.render_model.build_model`)."""
+    """Seconds per training step of each model in the training loop itself (the runtime's
+    :func:`train`, as :func:`train_model` runs it, without checkpoints), measured interleaved:
+    every model in turn, ``rounds`` times ``steps`` steps, the fastest round; on a shared machine a
+    burst of load then hits every model alike. The models are trained (pass fresh ones)."""
     device = resolve_device(s.device)
     dtype = _dtype(s)
     o_all, d_all, rgb_all = (v.to(device, dtype) for v in train_views.flat())
-    gen = torch.Generator(device=device)
-    gen.manual_seed(s.seed)
-    work = {}
-    for name, m in models.items():
-        m.to(device).train()
-        work[name] = (m, torch.optim.Adam(m.parameters(), lr=s.lr))
+    n_rays = o_all.shape[0]
     best = {name: math.inf for name in models}
-    old = torch.get_num_threads()
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    try:
-        for _ in range(rounds):
-            for name, (c, opt) in work.items():
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    idx = torch.randint(0, o_all.shape[0], (s.batch_rays,), generator=gen, device=device)
-                    opt.zero_grad(set_to_none=True)
-                    loss = loss_terms(c, o_all[idx], d_all[idx], rgb_all[idx], gen, s)[0]
-                    loss.backward()
-                    opt.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                best[name] = min(best[name], (time.perf_counter() - t0) / steps)
-    finally:
-        torch.set_num_threads(old)
+    for _ in range(rounds):
+        for name, model in models.items():
+            bundle = _Bundle(model, name, {})
+
+            def loss_fn(module, gen, step, _model=model):
+                if isinstance(_model, AutoIntField):
+                    _model.density_bias = density_bias_at(s, step, steps)
+                idx = torch.randint(0, n_rays, (s.batch_rays,), generator=gen, device=device)
+                return loss_terms(module, o_all[idx], d_all[idx], rgb_all[idx], gen, s)[0]
+
+            hist = train(bundle, loss_fn, replace(train_config(s, steps=steps), progress=False), module="grad")
+            best[name] = min(best[name], hist.wall_time / steps)
     return best
