@@ -32,6 +32,7 @@ bit-identically on CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -227,8 +228,6 @@ class DivergenceGuard:
 
     def snapshot(self, step: int) -> None:
         if all(bool(torch.isfinite(p).all()) for p in self.params):
-            import copy
-
             self.snap = (step, [p.detach().clone() for p in self.params], copy.deepcopy(self.opt.state_dict()))
 
     def recover(self, step: int, loss: float, reason: str) -> int | None:
@@ -252,8 +251,6 @@ class DivergenceGuard:
         with torch.no_grad():
             for p, v in zip(self.params, values):
                 p.copy_(v)
-        import copy
-
         self.opt.load_state_dict(copy.deepcopy(opt_state))
 
 
