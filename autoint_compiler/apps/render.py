@@ -13,26 +13,29 @@ of the ray, as an antiderivative along rays must.
 
 Piecewise (section) model, used to render
 -----------------------------------------
-A sampling network (small MLP of the ray: its point closest to the origin and its direction) gives
-``K`` section weights ``w = (1 - eps) softmax(logits) + eps / K``; the ``K + 1`` cut points are
-``t_0 = near``, ``t_i = near + (far - near) cumsum(w)_i`` (sorted, ``t_K = far``, no section
-narrower than ``eps (far - near) / K``). With ``delta_i = t_{i+1} - t_i``:
+Each ray's segment ``[near, far]`` is cut into ``K`` sections: equal ones by default, or
+(``--learned-sections``) cut points from a sampling network (small MLP of the ray: its point closest
+to the origin and its direction) giving ``K`` section weights ``w = (1 - eps) softmax(logits) + eps / K``,
+``t_i = near + (far - near) cumsum(w)_i``. With ``delta_i = t_{i+1} - t_i``:
 
-    sigma_i = s * relu((Phi_sigma(t_{i+1}) - Phi_sigma(t_i)) / delta_i),
+    sigma_i = s * relu((Phi_sigma(t_{i+1}) - Phi_sigma(t_i)) / delta_i + b),
     c_i     = (Phi_c(t_{i+1}) - Phi_c(t_i)) / delta_i,
     alpha_i = 1 - exp(-sigma_i delta_i),  T_i = prod_{j<i} (1 - alpha_j),  C = sum_i T_i alpha_i c_i,
 
 ``2 (K + 1)`` integral-network evaluations per ray (``s`` = ``sigma_scale``; colours are clipped to
-[0, 1] only for the images and metrics). ``--uniform-sections`` uses equal sections instead.
+[0, 1] only for the images and metrics). ``b`` (``density_bias``) is 0.1 at the start of training
+and decays linearly to 0 over the first ``bias_decay`` (10 %) of the steps: random networks start
+with half the section averages negative, and a relu passes them no gradient; it is 0 when rendering.
+(The learned sampler made long runs unstable: docs/results/render.)
 
 Training (first-order backprop only)
 ------------------------------------
 Each step draws a batch of training rays. Two image losses are implemented (``--loss``):
 
-* ``section`` (default): the section model above, with the integral networks at the sampler's cut
-  points; MSE to the pixel colour. This is exactly what is rendered at test time, so what is
-  measured is what is optimised; it trains the sampling network (the cut points move the sections)
-  and it is cheap (``2 (K + 1)`` integral-network rows per ray, a plain backward pass through Phi).
+* ``section`` (default): the section model above, with the integral networks at the cut points;
+  MSE to the pixel colour. This is exactly what is rendered at test time, so what is measured is
+  what is optimised; it trains the sampling network if there is one (the cut points move the
+  sections) and it is cheap (``2 (K + 1)`` integral-network rows per ray, a plain backward pass through Phi).
 * ``samples``: the paper's scheme: ``S`` stratified samples of ``t`` inside every section (128 per
   ray, 4 per section at K = 32 in the original); the grad networks give ``sigma = s relu(g_sigma)``
   and ``c = g_c`` there, composited as a quadrature with ``delta = delta_i / S``; MSE to the pixel

@@ -6,9 +6,9 @@ losses restored exactly, cumulative training time) and the divergence guard
 good state and backs the learning rate off).
 
 On top of that, one check the loop cannot make: a model that ends no better than the mean training
-colour as a constant image (a collapse at the start: the density died and never came back) is
-trained again from scratch at half the learning rate (``restarts`` in the result), up to
-``max_restarts`` times.
+colour as a constant image (a collapse at the start: the density died and never came back), or
+whose training the guard stopped, is trained again from scratch at half the learning rate
+(``restarts`` in the result), up to ``max_restarts`` times.
 """
 
 from __future__ import annotations
@@ -210,7 +210,9 @@ def train_model(
         if isinstance(model, AutoIntField):  # what it renders with (also after loading a finished run)
             model.density_bias = density_bias_at(s, cfg.steps, cfg.steps)
         final = _smoothed(hist.losses)
-        collapsed = cfg.steps >= s.restart_min_steps and (not math.isfinite(final) or final > 0.8 * const_mse)
+        collapsed = hist.stopped_early or (  # the guard gave up, or it never beat a constant image
+            cfg.steps >= s.restart_min_steps and (not math.isfinite(final) or final > 0.8 * const_mse)
+        )
         if not collapsed or rebuild is None or len(restarts) >= s.max_restarts:
             break
         restarts.append({"final_loss": final, "constant_loss": const_mse, "lr": lr, "train_s": hist.train_s})
