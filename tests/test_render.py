@@ -369,6 +369,10 @@ def test_cli_errors_are_one_line(capsys):
     assert args.func(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "512" in err
+    # python -m autoint_compiler.apps.render: the same command, the same one-line errors
+    assert R.main(["--out", "x", "--consistency", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "consistency_weight" in err
 
 
 def test_density_bias_decays_to_zero_and_the_trained_model_renders_without_it():

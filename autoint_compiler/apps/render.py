@@ -78,6 +78,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -529,3 +530,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return standalone_main("render", add_parser, argv, "autoint_compiler.apps.render")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
