@@ -127,6 +127,8 @@ def test_render_restarts_a_collapsed_model(monkeypatch):
     assert info["model"] is built[0] and info["train_s"] > 2.0
     assert math.isfinite(info["final_loss"]) and info["final_loss"] < 1.0  # the real second run's
     assert info["steps"] == 10
+    # after the last allowed restart the result says whether it is still collapsed (not recovered)
+    assert info["collapsed"] == (info["final_loss"] > 0.8 * restart["constant_loss"])
 
 
 class _Fake(nn.Module):

@@ -313,13 +313,17 @@ def run(s: RenderSettings, out: str | Path, *, verbose: bool = True, resume: boo
                 ex["final_loss"][method] = info["final_loss"]
                 ex["recoveries"][method] = info["recoveries"]
                 ex["restarts"][method] = info["restarts"]
+                ex.setdefault("not_recovered", {})[method] = bool(info["collapsed"])
                 images[method], models[method] = imgs, model
                 for i, img in enumerate(imgs):
                     save_png(out / scene / f"{method}_view{i}.png", img)
                 if verbose:
                     note = f" (resumed at step {info['resumed_from']})" if info["resumed_from"] else ""
                     if m["divergences"]:
-                        note += f" ({m['divergences']} divergence(s) recovered)"
+                        fate = (
+                            "NOT recovered: still no better than a constant image" if info["collapsed"] else "recovered"
+                        )
+                        note += f" ({m['divergences']} divergence(s) detected, {fate})"
                     print(
                         f"[{scene}] {method:<16} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.3f}  "
                         f"{m['render_ms']:8.1f} ms/image  train {m['train_s']:6.1f} s ({m['steps']} steps)  "

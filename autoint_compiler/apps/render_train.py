@@ -177,7 +177,7 @@ def train_model(
     over). ``steps`` and ``checkpoint_every`` override ``s.steps`` and ``s.checkpoint_every``
     (time-matched runs: as many checkpoints as the run they are matched to). ``rebuild()``, if given, builds a
     fresh model for a restart after a collapse (without it there is none). Returns ``{"train_s",
-    "steps", "final_loss", "resumed_from", "recoveries", "restarts", "stopped_early", "model"}``
+    "steps", "final_loss", "resumed_from", "recoveries", "restarts", "stopped_early", "collapsed", "model"}``
     (a restart needs ``s.restart_min_steps`` steps: a short run that has not learned yet is no collapse)
     (``model``: the trained one, a rebuilt one after a restart)."""
     device = resolve_device(s.device)
@@ -228,6 +228,7 @@ def train_model(
         "recoveries": hist.recoveries,
         "restarts": restarts,
         "stopped_early": hist.stopped_early,
+        "collapsed": collapsed,  # still, after the restarts (not recovered)
         "model": model,
     }
 
