@@ -43,9 +43,10 @@ import numpy as np
 import torch
 
 from ..runtime import distributed
-from ..runtime.train import History, LineData, TrainConfig, device_error, fit_line_integrals
+from ..runtime.train import History, LineData, TrainConfig, fit_line_integrals
 from . import ct_data
 from ._argtypes import SEED, float_range, int_list, int_range, positive_float
+from ._cli import check_device, standalone_main
 from .ct_data import CTProblem, make_problem
 
 __all__ = [
@@ -715,9 +716,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    if (error := device_error(args.device)) is not None:  # fail early, in one line
-        print(f"autoint-compile: error: {error}", file=sys.stderr)
-        return 2
+    if (status := check_device(args.device)) is not None:  # fail early, in one line
+        return status
     too_big = [f for f in args.factors if f > args.angles]
     if too_big:
         print(f"autoint-compile: error: --factors {too_big[0]} is larger than --angles {args.angles}", file=sys.stderr)
@@ -750,11 +750,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autoint_compiler.apps.ct")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["ct", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    return standalone_main("ct", add_parser, argv, "autoint_compiler.apps.ct")
 
 
 if __name__ == "__main__":

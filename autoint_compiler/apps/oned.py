@@ -29,8 +29,9 @@ from typing import Any, Sequence
 import torch
 
 from ..runtime import distributed
-from ..runtime.train import History, TrainConfig, device_error, fit_samples
+from ..runtime.train import History, TrainConfig, fit_samples
 from ._argtypes import SEED, int_list, int_range, positive_float
+from ._cli import check_device, standalone_main
 from .signals1d import SIGNALS, Signal1D, get_signal
 
 __all__ = [
@@ -466,9 +467,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    if (error := device_error(args.device)) is not None:  # fail early, in one line
-        print(f"autoint-compile: error: {error}", file=sys.stderr)
-        return 2
+    if (status := check_device(args.device)) is not None:  # fail early, in one line
+        return status
     if args.resume and not args.run_dir:
         print("autoint-compile: error: --resume needs --run-dir", file=sys.stderr)
         return 2
@@ -503,11 +503,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autoint_compiler.apps.oned")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["train-1d", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    return standalone_main("train-1d", add_parser, argv, "autoint_compiler.apps.oned")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,22 @@ class RunDir:
         self.world = distributed.world_size()
         self._t0 = time.perf_counter()
         self._last_step = 0
+        self.prior_s = 0.0  # training seconds of the sessions before this one (from the checkpoint)
+        self.lr_factor = 1.0  # the divergence guard's learning-rate factor (saved, restored)
+        self.final_train_s: float | None = None
+
+    @property
+    def train_s(self) -> float:
+        """Training seconds so far, over every session of the run (at the final checkpoint: as saved)."""
+        if self.final_train_s is not None:
+            return self.final_train_s
+        return self.prior_s + time.perf_counter() - self._t0
+
+    def _saving_train_s(self, step: int) -> float:
+        value = self.prior_s + time.perf_counter() - self._t0
+        if step >= int(self.cfg.steps):
+            self.final_train_s = value  # what the run reports is what the checkpoint says
+        return value
 
     # ------------------------------------------------------------------ opening
 
@@ -229,7 +245,8 @@ class RunDir:
         self._check_config(path, fields)
         train = {k[len(TRAIN_PREFIX) :]: v for k, v in tensors.items() if k.startswith(TRAIN_PREFIX)}
         _check_train_tensors(path, train, self.net, step, self.world)
-        return _Loaded(path, step, model, train, fields["optim_param_groups"])
+        return _Loaded(path, step, model, train, fields["optim_param_groups"], fields["run_train_s"],
+                       fields["run_lr_factor"])  # fmt: skip
 
     def _check_config(self, path: Path, fields: dict[str, Any]) -> None:
         saved, now = fields["run_config"], _config_dict(self.cfg)
@@ -296,6 +313,8 @@ class RunDir:
             "run_world_size": self.world,
             "run_config": json.dumps({k: _config_dict(self.cfg)[k] for k in RESUME_KEYS}, sort_keys=True),
             "optim_param_groups": json.dumps(state["param_groups"]),
+            "run_train_s": f"{self._saving_train_s(step):.3f}",
+            "run_lr_factor": repr(self.lr_factor),
         }
         path = self.ckpt_dir / f"step-{step:08d}.safetensors"
         save_checkpoint(path, self.net, extra=extra, extra_tensors=tensors)
@@ -354,6 +373,8 @@ class RunDir:
         copy_into(self.net, loaded.model)
         losses[:step] = extra[f"losses.{r}"].to(losses.device)
         self._last_step = step
+        self.prior_s, self.lr_factor = loaded.train_s, loaded.lr_factor
+        self._t0 = time.perf_counter()
         return step
 
 
@@ -373,6 +394,8 @@ class _Loaded:
     model: dict[str, torch.Tensor]
     train: dict[str, torch.Tensor]
     groups: list[dict[str, Any]]
+    train_s: float = 0.0  # cumulative training seconds of the sessions before (optional field)
+    lr_factor: float = 1.0  # the divergence guard's learning-rate factor (optional field)
 
 
 def _short(v: Any) -> str:
@@ -427,6 +450,16 @@ def _run_metadata(path: Path, meta: dict[str, str], step: int) -> dict[str, Any]
                     "expected a number"
                 )
     out["optim_param_groups"] = groups
+    for key, default, lo, hi in (("run_train_s", 0.0, 0.0, 1e9), ("run_lr_factor", 1.0, 1e-12, 1.0)):
+        text = meta.get(key)  # optional: checkpoints written before these fields existed
+        try:
+            value = default if text is None else float(text)
+        except ValueError:
+            value = float("nan")
+        if not lo <= value <= hi:  # NaN fails too
+            raise _Damaged(f"checkpoint {path}: metadata field {key!r} is {_short(text)}, expected a number "
+                           f"from {lo:g} to {hi:g}")  # fmt: skip
+        out[key] = value
     return out
 
 

@@ -32,6 +32,7 @@ bit-identically on CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -47,6 +48,7 @@ __all__ = [
     "History",
     "LineData",
     "train",
+    "DivergenceGuard",
     "fit_samples",
     "fit_line_integrals",
     "line_integral_mc",
@@ -84,6 +86,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints in run_dir (0: only at the end)
     keep_checkpoints: int = 3  # the newest checkpoints kept in run_dir
     resume: bool = False  # continue from run_dir's newest checkpoint (a fresh start if it has none)
+    guard: bool = False  # detect divergence (non-finite or blown-up loss) and recover: see DivergenceGuard
+    guard_factor: float = 8.0  # blow-up: the smoothed loss rose above this times its best so far
+    guard_backoff: float = 0.5  # learning-rate factor applied at each recovery
+    guard_every: int = 25  # steps between in-memory snapshots of the last good state
+    guard_max: int = 6  # recoveries before training stops early at the last good state
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seed", "checkpoint_every", "keep_checkpoints"):
@@ -108,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (self.guard_factor > 1 and 0 < self.guard_backoff < 1 and self.guard_every >= 1 and self.guard_max >= 0):
+            raise ValueError("guard_factor must be > 1, guard_backoff in (0, 1), guard_every >= 1, guard_max >= 0")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
 
@@ -122,6 +131,10 @@ class History:
     steps_per_s: float = 0.0
     device: str = "cpu"
     compiled: bool = False
+    train_s: float = 0.0  # seconds of training in total, over every resumed session of a run directory
+    recoveries: list[dict[str, Any]] = field(default_factory=list)  # divergence events (TrainConfig.guard)
+    resumed_from: int = 0  # the step a resumed run continued from (0: a fresh start)
+    stopped_early: bool = False  # the guard gave up after guard_max recoveries (state: the last good one)
 
     @property
     def final_loss(self) -> float:
@@ -178,6 +191,67 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     frac = step / (cfg.steps - 1)
     lo = cfg.lr * cfg.lr_min_factor
     return lo + 0.5 * (cfg.lr - lo) * (1.0 + math.cos(math.pi * frac))
+
+
+class DivergenceGuard:
+    """Divergence detection and recovery for :func:`train` (``TrainConfig(guard=True)``).
+
+    Every step's loss is checked before its backward pass: a non-finite loss, or an exponential
+    moving average of the loss (weight 0.1) above ``guard_factor`` times the best average so far
+    (after 20 steps), is a divergence. Recovery restores the parameters and optimizer state of the
+    last snapshot (taken every ``guard_every`` steps, only of finite parameters after a healthy
+    loss) and multiplies the learning rate by ``guard_backoff`` from then on; training continues
+    from the snapshot's step (the batches drawn from there on differ: the generator is not rewound).
+    After ``guard_max`` recoveries training stops at the last good state. Each event is a dict
+    ``{step, reason, loss, restored_to, lr_factor}`` in :attr:`History.recoveries`."""
+
+    def __init__(self, cfg: TrainConfig, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer):
+        self.cfg, self.params, self.opt = cfg, params, opt
+        self.lr_factor = 1.0
+        self.events: list[dict[str, Any]] = []
+        self.ema: float | None = None
+        self.best = math.inf
+        self.seen = 0
+        self.snap: tuple[int, list[torch.Tensor], dict[str, Any]] | None = None
+
+    def check(self, step: int, loss: float) -> str | None:
+        """Why the loss at ``step`` is a divergence, or ``None`` (then it joins the average)."""
+        if not math.isfinite(loss):
+            return "non-finite loss"
+        ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
+        if self.seen >= 20 and ema > self.cfg.guard_factor * self.best:
+            return f"loss blew up ({ema:.3g} against a best average of {self.best:.3g})"
+        self.ema, self.seen = ema, self.seen + 1
+        if self.seen >= 20:
+            self.best = min(self.best, ema)
+        return None
+
+    def snapshot(self, step: int) -> None:
+        if all(bool(torch.isfinite(p).all()) for p in self.params):
+            self.snap = (step, [p.detach().clone() for p in self.params], copy.deepcopy(self.opt.state_dict()))
+
+    def recover(self, step: int, loss: float, reason: str) -> int | None:
+        """Restore the last good state; returns the step to continue from (``None``: give up)."""
+        if self.snap is None or len(self.events) >= self.cfg.guard_max:
+            self.events.append({"step": step, "reason": reason, "loss": loss, "restored_to": None})
+            if self.snap is not None:  # stop at the last good state
+                self._restore()
+            return None
+        self.lr_factor *= self.cfg.guard_backoff
+        self.events.append(
+            {"step": step, "reason": reason, "loss": loss, "restored_to": self.snap[0], "lr_factor": self.lr_factor}
+        )
+        self._restore()
+        self.ema = None  # the average restarts at the restored state; the best so far stays
+        return self.snap[0]
+
+    def _restore(self) -> None:
+        assert self.snap is not None
+        _, values, opt_state = self.snap
+        with torch.no_grad():
+            for p, v in zip(self.params, values):
+                p.copy_(v)
+        self.opt.load_state_dict(copy.deepcopy(opt_state))
 
 
 LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Generator, int], torch.Tensor]
@@ -262,13 +336,38 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback, which: str) -> H
     t0 = time.perf_counter()
     last_post = t0
     every = cfg.checkpoint_every
+    guard = DivergenceGuard(cfg, params, opt) if cfg.guard else None
+    if guard is not None:
+        guard.lr_factor = run.lr_factor if run is not None else 1.0
+        guard.snapshot(start)
+    stopped = False
+    step = start
     try:
-        for step in range(start, cfg.steps):
-            lr = _lr_at(cfg, step)
+        while step < cfg.steps:
+            lr = _lr_at(cfg, step) * (guard.lr_factor if guard is not None else 1.0)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(module, gen, step)
+            if guard is not None:
+                value = float(loss.detach())
+                reason = guard.check(step, value)
+                if reason is not None:
+                    back = guard.recover(step, value, reason)
+                    if show:
+                        bar.write(
+                            f"{desc}: step {step}: {reason}; "
+                            + (f"restored step {back}, lr x{guard.lr_factor:g}" if back is not None else "stopping")
+                        )
+                    if back is None:
+                        stopped = True
+                        break
+                    losses[back:step] = 0.0
+                    if show:
+                        bar.n = back
+                        bar.refresh()
+                    step = back
+                    continue
             loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -276,7 +375,11 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback, which: str) -> H
             losses[step] = loss.detach()
             if callback is not None:
                 callback(step, float(loss.detach()))
+            if guard is not None and (step + 1) % cfg.guard_every == 0:
+                guard.snapshot(step + 1)
             if run is not None and every and (step + 1) % every == 0 and step + 1 < cfg.steps:
+                if guard is not None:
+                    run.lr_factor = guard.lr_factor
                 run.save(step + 1, opt, gen, losses)
             if show:
                 bar.update(1)
@@ -284,16 +387,21 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback, which: str) -> H
                 if now - last_post > 0.5 or step == cfg.steps - 1:
                     bar.set_postfix(loss=f"{float(loss.detach()):.3e}", lr=f"{lr:.1e}")
                     last_post = now
+            step += 1
     finally:
         bar.close()
+    if stopped:
+        losses[step:] = float("nan")  # steps not taken
     if run is not None and (start < cfg.steps or found is None):
+        if guard is not None:
+            run.lr_factor = guard.lr_factor
         run.save(cfg.steps, opt, gen, losses)  # the final state (a resumed finished run has it already)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
     net.integral.eval()
     net.grad.eval()
-    done = cfg.steps - start
+    done = step - start
     return History(
         losses=distributed.all_mean(losses).cpu().tolist(),
         steps=cfg.steps,
@@ -301,6 +409,10 @@ def _train(net, loss_fn, cfg: TrainConfig, desc: str, callback, which: str) -> H
         steps_per_s=done / wall if wall > 0 else float("inf"),
         device=str(device),
         compiled=cfg.compile,
+        train_s=(run.train_s if start < cfg.steps else run.prior_s) if run is not None else wall,
+        recoveries=guard.events if guard is not None else [],
+        resumed_from=start,
+        stopped_early=stopped,
     )
 
 
