@@ -392,18 +392,6 @@ def run(s: RenderSettings, out: str | Path, *, verbose: bool = True, resume: boo
 # ----------------------------------------------------------------------------- CLI
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return vals
-
-
 def _scene_list(text: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     bad = [n for n in names if n not in SCENES]
