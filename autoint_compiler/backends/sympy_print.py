@@ -369,9 +369,14 @@ def _fit(replacements, reduced, p: TablePrinter, width: int, prefix: str):
                 taken.add(str(sym))
                 return sym
 
+    printed: dict[sp.Expr, int] = {}  # a symbol's name never changes once given: lengths can be kept
+
     def length(e) -> int:
-        q = type(p)({**names, **{s: str(s) for s in e.free_symbols if s not in names}})
-        return len(q.doprint(e))
+        n = printed.get(e)
+        if n is None:
+            q = type(p)({**names, **{s: str(s) for s in e.free_symbols if s not in names}})
+            n = printed[e] = len(q.doprint(e))
+        return n
 
     def shrink(e):
         out = []
