@@ -386,10 +386,14 @@ def _fit(replacements, reduced, p: TablePrinter, width: int, prefix: str):
                 break
             part, rebuild = piece
             sym = fresh()
+            names[sym] = str(sym)
+            shorter = rebuild(sym)
+            if length(shorter) >= length(e):  # naming it would not shorten the line: stop here
+                del names[sym]
+                break
             done, part = shrink(part)
             out += done + [(sym, part)]
-            names[sym] = str(sym)
-            e = rebuild(sym)
+            e = shorter
         return out, e
 
     temps = []
@@ -415,8 +419,8 @@ def _piece(e: sp.Expr, length, width: int):
     compound = [a for a in args if not a.is_Atom]
     biggest = max(compound, key=length, default=None)
     if isinstance(e, (sp.Add, sp.Mul)) and len(args) > 2 and (biggest is None or length(biggest) < width // 2):
-        half = args[: len(args) // 2]
-        rest = args[len(args) // 2 :]
+        cut = max(2, len(args) // 2)  # a piece of one term would rename it forever
+        half, rest = args[:cut], args[cut:]
         return e.func(*half), lambda s: e.func(s, *rest)
     if biggest is None:
         return None
