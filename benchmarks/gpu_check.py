@@ -32,6 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # triton_bench's helpers, also when run as a plain script
+import triton_bench  # noqa: E402 - stdlib-only at import: the GPU machine needs only torch and triton
 
 #: (fp32 GEMM precision, chunk, BLOCK_M, num_warps): the configurations the autotuner may pick and the
 #: neighbours that bisect a fault (precision, chunking, row block, warps)
@@ -56,16 +57,8 @@ def safe_configs(manifest) -> list:
 
 
 def spec_for(width: int, n_vars: int) -> dict:
-    names = ["t", "s", "r"][:n_vars]
-    return {
-        "name": f"gpu_w{width}_v{n_vars}",
-        "inputs": {**{v: 1 for v in names}, "y": 2},
-        "integrate": names,
-        "output": 1,
-        "dtype": "float32",
-        "seed": 0,
-        "mlp": {"hidden": [width] * 3, "activation": "swish"},
-    }
+    """triton_bench's network (swish MLP, 3 hidden layers of ``width``), named gpu_w<width>_v<vars>."""
+    return {**triton_bench.spec_for(width, n_vars), "name": f"gpu_w{width}_v{n_vars}"}
 
 
 def prepare(folder: Path, widths=(64, 128), n_vars=(1, 2, 3)) -> None:
@@ -91,14 +84,7 @@ def prepare(folder: Path, widths=(64, 128), n_vars=(1, 2, 3)) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _load(path: Path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = mod
-    spec.loader.exec_module(mod)
-    return mod
+_load = triton_bench._load  # a generated module from its file (needs only torch and triton)
 
 
 def one(folder: Path, name: str, prec: str, chunk: int, block: int, warps: int, rows: int, time_rows: int) -> dict:
