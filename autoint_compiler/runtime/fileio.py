@@ -191,34 +191,15 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int, *, head: bool = F
     large). The file is opened non-blocking (a FIFO cannot block the open) and checked with
     ``fstat`` on the open descriptor, so a swap between check and read is caught too.
     """
-    path = Path(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except IsADirectoryError:
-        raise UnsafeFileError(f"{path}: is a directory, not a file") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise UnsafeFileError(f"{path}: is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFileError(f"{path}: not a regular file (a FIFO, device or socket)")
-        if st.st_size > max_bytes and not head:
-            raise UnsafeFileError(f"{path}: {st.st_size} bytes, larger than the limit of {max_bytes} bytes")
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, min(1 << 24, max_bytes + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if head and total >= max_bytes:
-                return b"".join(chunks)[:max_bytes]
-            if total > max_bytes:
-                raise UnsafeFileError(f"{path}: grew beyond the limit of {max_bytes} bytes while read")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    with open_regular(path) as f:
+        if f.size > max_bytes and not head:
+            raise UnsafeFileError(f"{f.path}: {f.size} bytes, larger than the limit of {max_bytes} bytes")
+        if head:
+            return f.read(max_bytes)
+        data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise UnsafeFileError(f"{f.path}: grew beyond the limit of {max_bytes} bytes while read")
+        return data
 
 
 class RegularFile:
