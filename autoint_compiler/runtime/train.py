@@ -47,6 +47,7 @@ __all__ = [
     "TrainConfig",
     "History",
     "LineData",
+    "PointPenalty",
     "train",
     "DivergenceGuard",
     "fit_samples",
@@ -512,6 +513,16 @@ def line_integral_mc(
     return g.mean(dim=1) * length
 
 
+@dataclass(frozen=True)
+class PointPenalty:
+    """An extra loss term on the grad network: ``points(gen)`` draws ``[P, D]`` network inputs each
+    step, ``loss(values)`` turns the grad network's ``[P, out]`` values there into a scalar (e.g. a
+    consistency term: the values two parameterisations of one point get should agree)."""
+
+    points: Callable[[torch.Generator], torch.Tensor]
+    loss: Callable[[torch.Tensor], torch.Tensor]
+
+
 def fit_line_integrals(
     net: Any,
     lines: LineData,
@@ -520,6 +531,7 @@ def fit_line_integrals(
     n_samples: int = 32,
     mode: str = "grad",
     desc: str = "fit-lines",
+    penalty: "PointPenalty | None" = None,
 ) -> History:
     """Fit the network so that its line integrals match ``lines.value``.
 
@@ -529,10 +541,16 @@ def fit_line_integrals(
     integral network, through the module :func:`train` hands over, so DDP and ``torch.compile``
     wrap it); ``n_samples`` is then unused. Only one integration variable is supported. Under
     torchrun each rank samples from its own contiguous shard of the lines.
+
+    ``penalty``: a :class:`PointPenalty`, an extra loss term on the grad network at points it draws
+    each step (``"grad"`` mode only). Its points go through the same call of the (DDP/compiled) grad
+    module as the line samples: one forward per step.
     """
     cfg = config or TrainConfig()
     if mode not in ("grad", "integral"):
         raise ValueError(f"mode must be 'grad' or 'integral', got {mode!r}")
+    if penalty is not None and mode != "grad":
+        raise ValueError("a penalty term needs mode='grad' (it is evaluated on the grad network)")
     cols = list(net.integration_columns)
     if len(cols) != 1:
         raise ValueError(f"line-integral fitting needs exactly one integration variable, got {len(cols)}")
@@ -551,7 +569,17 @@ def fit_line_integrals(
         batch = min(distributed.local_batch(cfg.batch_size), hi_i - lo_i)
         idx = torch.randint(lo_i, hi_i, (batch,), generator=gen, device=gen.device)
         x, lo, hi, val = data.x[idx], data.lower[idx], data.upper[idx], data.value[idx]
-        if mode == "grad":
+        extra: dict[str, torch.Tensor] = {}
+        if mode == "grad" and penalty is not None:
+            pts = penalty.points(gen).to(device=x.device, dtype=x.dtype)
+
+            def both(z: torch.Tensor) -> torch.Tensor:
+                out = m(torch.cat([z, pts], 0))
+                extra["values"] = out[z.shape[0] :]
+                return out[: z.shape[0]]
+
+            pred = line_integral_mc(both, x, lo, hi, column, n_samples, gen, stratified=True)
+        elif mode == "grad":
             pred = line_integral_mc(m, x, lo, hi, column, n_samples, gen, stratified=True)
         else:  # Phi(b) - Phi(a) through the module handed in (DDP/compiled integral network)
             ends = torch.cat([x, x], 0)
@@ -559,6 +587,9 @@ def fit_line_integrals(
             ends[batch:, column] = lo
             phi = m(ends)
             pred = phi[:batch] - phi[batch:]
-        return torch.mean((pred - val) ** 2)
+        loss = torch.mean((pred - val) ** 2)
+        if "values" in extra:
+            loss = loss + penalty.loss(extra["values"])
+        return loss
 
     return train(net, loss_fn, cfg, desc=desc, module="grad" if mode == "grad" else "integral")
