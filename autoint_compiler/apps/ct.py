@@ -35,7 +35,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -83,6 +83,7 @@ class CTSettings:
     hidden: tuple[int, ...] = (128, 128, 128)
     rho_frequencies: int = 6  # positional-encoding octaves of rho (2^k pi, k < 6: down to 2 pixels)
     theta_frequencies: int = 2  # octaves of theta: low, so that unmeasured angles interpolate smoothly
+    t_frequencies: int = 0  # octaves of t (0: raw t)
     sine_w0: float = 10.0  # w0 of the sine activation (SIREN init)
     n_samples: int = 16  # stratified samples of t per line (grad mode)
     mode: str = "grad"  # "grad": Monte-Carlo of the grad net; "integral": closed form in training
@@ -99,6 +100,8 @@ class CTSettings:
     progress: bool | None = None
     mc_seeds: int = MC_SEEDS  # seeds of the Monte Carlo study (0: skip it)
     mc_samples: int = MC_SAMPLES
+    consistency: float = 0.0  # weight of the line-consistency regulariser (0: off), see consistency_penalty
+    consistency_points: int = 256  # random points per step of the regulariser (two angles each)
     extra: dict = field(default_factory=dict)
 
     def train_config(self, activation: Any = None) -> TrainConfig:
@@ -150,7 +153,7 @@ def make_spec(activation: Any = "swish", settings: CTSettings | None = None, nam
     label = "".join(ch if ch.isalnum() else "_" for ch in _act_label(activation))
     graph: list[dict[str, Any]] = []
     features = []
-    for var, freqs in (("rho", s.rho_frequencies), ("theta", s.theta_frequencies)):
+    for var, freqs in (("rho", s.rho_frequencies), ("theta", s.theta_frequencies), ("t", s.t_frequencies)):
         if freqs > 0:
             graph.append(
                 {"name": f"enc_{var}", "op": "posenc", "in": [var], "frequencies": int(freqs), "include_input": True}
@@ -158,7 +161,6 @@ def make_spec(activation: Any = "swish", settings: CTSettings | None = None, nam
             features.append(f"enc_{var}")
         else:
             features.append(var)
-    features.append("t")
     h = features
     for i, width in enumerate(s.hidden):
         graph.append({"name": f"fc{i}", "op": "linear", "in": h, "out": int(width)})
@@ -297,8 +299,10 @@ def mc_report(
     t = -h + (torch.arange(m, dtype=torch.float64) + 0.5) / m * 2 * h  # [lines, m]
     pts = xt.double().cpu()[:, None, :].repeat(1, m, 1)
     pts[:, :, _columns(net)[2]] = t
-    exact = (f(pts.reshape(-1, 3)).reshape(MC_LINES, m) * (2 * h / m)).sum(1, keepdim=True)
-    return study(
+    fvals = f(pts.reshape(-1, 3)).reshape(MC_LINES, m)
+    exact = (fvals * (2 * h / m)).sum(1, keepdim=True)
+    ceiling = control_variate_ceiling(net, problem, pts, fvals, h)
+    out = study(
         net,
         f,
         -hi,
@@ -313,6 +317,42 @@ def mc_report(
         seed=seed,
         log=log,
     )
+    out["uniform_vrf_of"] = ceiling
+    if log is not None:
+        log("  uniform-sampling variance reduction with g = " + ", ".join(f"{k}: {v:.2f}x" for k, v in ceiling.items()))
+    return out
+
+
+def control_variate_ceiling(
+    net: Any, problem: CTProblem, pts: torch.Tensor, fvals: torch.Tensor, half: torch.Tensor
+) -> dict[str, float]:
+    """How much a control variate *could* help on these lines: the variance reduction of the uniform
+    sampler, sum_lines L^2 Var_line(f) / sum_lines L^2 Var_line(f - g) (exact for equal N per line,
+    computed on the dense midpoint points ``pts`` [lines, m, 3] where f is ``fvals`` [lines, m]), for
+    g = the trained grad network, and for g = a reconstruction of the image (bilinear, like f) by
+    filtered back-projection from the measured angles and from all angles -- the quality a network
+    fitted to the sinogram would need to match."""
+    from skimage.transform import iradon
+
+    length2 = (2 * half[:, 0]) ** 2
+    var_f = (fvals.var(dim=1, unbiased=False) * length2).sum()
+    param = next(net.grad.parameters())
+    flat = pts.reshape(-1, 3)
+    with torch.no_grad():
+        g_net = torch.cat([net.grad(c.to(param.device, param.dtype)).double().cpu() for c in flat.split(65536)])
+    gs = {"network": g_net.reshape(fvals.shape)}
+    for name, sino, theta in (
+        ("fbp_measured_angles", problem.sub_sino, problem.sub_theta),
+        ("fbp_all_angles", problem.sino, problem.theta),
+    ):
+        recon = iradon(sino, theta=theta, output_size=problem.size, filter_name="ramp", circle=True)
+        g = attenuation(net, replace(problem, image=ct_data.circle_mask(recon)))
+        gs[name] = g(flat).reshape(fvals.shape)
+    out = {}
+    for name, g in gs.items():
+        var_r = ((fvals - g).var(dim=1, unbiased=False) * length2).sum()
+        out[name] = float(var_f / var_r) if var_r > 0 else float("inf")
+    return out
 
 
 def fit_ct(
@@ -332,13 +372,81 @@ def fit_ct(
         n_samples=s.n_samples,
         mode=s.mode,
         desc=f"ct {_act_label(activation)} x{problem.factor}",
+        penalty=consistency_penalty(net, s.consistency, s.consistency_points) if s.consistency > 0 else None,
     )
     t0 = time.perf_counter()
     pred = predict_sinogram(net, problem)
     eval_s = time.perf_counter() - t0
     metrics = _metrics(pred, problem)
-    metrics.update({"train_s": hist.wall_time, "eval_s": eval_s, "final_loss": hist.smoothed_final_loss()})
+    metrics.update(
+        {
+            "train_s": hist.wall_time,
+            "eval_s": eval_s,
+            "final_loss": hist.smoothed_final_loss(),
+            "line_spread": line_spread(net),
+        }
+    )
     return net, hist, pred, metrics
+
+
+def point_inputs(net: Any, points: torch.Tensor, theta_deg: torch.Tensor) -> torch.Tensor:
+    """Network inputs ``[P, 3]`` that put image point ``points[i] = (X, Y)`` (normalised units: the
+    image's column and row offsets from the centre over ``size / 2``) on the line of angle
+    ``theta_deg[i]`` through it: ``rho = X cos - Y sin``, ``t = X sin + Y cos`` (the inverse of the
+    map :func:`attenuation` uses)."""
+    rho_c, th_c, t_c = _columns(net)
+    th = torch.deg2rad(theta_deg)
+    c, s = torch.cos(th), torch.sin(th)
+    X, Y = points[:, 0], points[:, 1]
+    out = torch.empty(points.shape[0], 3, dtype=points.dtype, device=points.device)
+    out[:, rho_c] = X * c - Y * s
+    out[:, th_c] = theta_deg / 180.0 - 1.0
+    out[:, t_c] = X * s + Y * c
+    return out
+
+
+def _disk_points_and_angles(n: int, k: int, gen: torch.Generator | None, dtype=torch.float64):
+    """``n`` uniform points of the unit disk, each repeated ``k`` times, and ``n * k`` uniform angles in
+    [0, 360) degrees."""
+    device = gen.device if gen is not None else torch.device("cpu")
+    kw = dict(generator=gen, device=device, dtype=dtype)
+    r = torch.rand(n, 1, **kw).sqrt()
+    phi = torch.rand(n, 1, **kw) * (2 * np.pi)
+    pts = torch.cat([r * torch.cos(phi), r * torch.sin(phi)], 1).repeat_interleave(k, 0)
+    return pts, torch.rand(n * k, **kw) * 360.0
+
+
+def consistency_penalty(net: Any, weight: float, n_points: int = 256):
+    """The line-consistency regulariser (issue 20): the grad network ``g(rho, theta, t)`` is the
+    attenuation *along one line*; nothing in the line-integral loss makes two lines through one point
+    agree on it. Each step draws ``n_points`` random points of the reconstruction disk and two random
+    angles (any of [0, 360), measured or not) for each, and adds ``weight`` x the mean squared
+    difference of the two values, relative to the mean squared value. A consistent ``g`` is a
+    reconstruction of the image, which is what makes it a good control variate (and a geometric prior
+    for the unmeasured angles)."""
+    from ..runtime.train import PointPenalty
+
+    def points(gen: torch.Generator) -> torch.Tensor:
+        pts, th = _disk_points_and_angles(n_points, 2, gen, dtype=torch.float32)
+        return point_inputs(net, pts, th)
+
+    def loss(values: torch.Tensor) -> torch.Tensor:
+        v = values.reshape(n_points, 2)
+        return weight * ((v[:, 0] - v[:, 1]) ** 2).mean() / (v.detach().pow(2).mean() + 1e-6)
+
+    return PointPenalty(points=points, loss=loss)
+
+
+@torch.no_grad()
+def line_spread(net: Any, n_points: int = 2048, n_angles: int = 8, seed: int = 0) -> float:
+    """Line consistency of a trained network: for random points of the disk, the standard deviation of
+    the attenuation ``n_angles`` random lines through each assign to it, averaged, relative to the mean
+    absolute attenuation (0: every line agrees)."""
+    param = next(net.grad.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    pts, th = _disk_points_and_angles(n_points, n_angles, gen)
+    g = net.grad(point_inputs(net, pts, th).to(param.device, param.dtype)).double().cpu().reshape(n_points, n_angles)
+    return float(g.std(dim=1).mean() / (g.abs().mean() + 1e-12))
 
 
 def _metrics(pred: np.ndarray, problem: CTProblem) -> dict[str, Any]:
@@ -408,7 +516,7 @@ def run_sweep(
             if s.mc_seeds > 0 and distributed.is_main():
                 log = print if verbose else None
                 study = mc_report(net, prob, seeds=s.mc_seeds, samples=s.mc_samples, log=log)
-                mc.append({"activation": label, "factor": factor, **study})
+                mc.append({"activation": label, "factor": factor, "line_spread": m["line_spread"], **study})
     total = time.perf_counter() - t_start
     result = {"rows": rows, "sinograms": sinos, "problems": problems, "total_s": total, "mc": mc}
     main = distributed.is_main()  # under torchrun only rank 0 prints and writes
@@ -448,8 +556,33 @@ def _mc_section(mc: Sequence[dict[str, Any]]) -> str:
         "seeds; f = the phantom's attenuation along the line (bilinear), exact = 4,096-point midpoint quadrature "
         "of f; errors in normalised units (sinogram / (size / 2)). mean err / SE: the mean error in units of its "
         "standard error (|.| < 4 expected: unbiased); variance reduction = MSE(plain MC) / MSE(corrected), same "
-        f"sampler and samples of f. Machine: {machine()}.\n"
+        f"sampler and samples of f. Machine: {machine()}.\n" + _ceiling_section(mc)
     )
+
+
+def _ceiling_section(mc: Sequence[dict[str, Any]]) -> str:
+    rows = [r for r in mc if "uniform_vrf_of" in r]
+    if not rows:
+        return ""
+    lines = [
+        "\n### What a control variate could do on these lines (uniform sampler, exact variance ratios)\n",
+        "| network | line spread | g = network | g = FBP, measured angles | g = FBP, all angles |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        c = r["uniform_vrf_of"]
+        spread = r.get("line_spread")
+        lines.append(
+            f"| AutoInt ({r['activation']}) {r['factor']}x | {'' if spread is None else f'{spread:.3f}'} "
+            f"| {c['network']:.2f}x | {c['fbp_measured_angles']:.2f}x | {c['fbp_all_angles']:.2f}x |"
+        )
+    lines.append(
+        "\nsum over lines of L^2 Var_line(f) / L^2 Var_line(f - g) on 4,096 points per line. The residual "
+        "estimator helps only as far as g matches f *pointwise along the line*; the sinogram loss fits g's "
+        "integrals, not its values (line spread: the std of g over 8 lines through one point / mean |g|). "
+        "A reconstruction by filtered back-projection shows the pointwise quality the target needs.\n"
+    )
+    return "\n".join(lines)
 
 
 def _settings_dict(s: CTSettings) -> dict[str, Any]:
@@ -684,6 +817,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=d.theta_frequencies,
         help="posenc octaves of theta (0: none)",
     )
+    p.add_argument(
+        "--t-frequencies", type=int_range(0, 32), default=d.t_frequencies, help="posenc octaves of t (0: raw t)"
+    )
+    p.add_argument(
+        "--consistency",
+        type=float_range(0, 1e3),
+        default=d.consistency,
+        help="weight of the line-consistency regulariser (grad mode; 0: off)",
+    )
+    p.add_argument(
+        "--consistency-points",
+        type=int_range(1, 2**20),
+        default=d.consistency_points,
+        help="random points per step of the regulariser (two angles each)",
+    )
     p.add_argument("--w0", type=float_range(0, 1e4, open_lo=True), default=d.sine_w0, help="w0 of the sine activation")
     p.add_argument(
         "--mode",
@@ -722,12 +870,20 @@ def run_cli(args: argparse.Namespace) -> int:
     if too_big:
         print(f"autoint-compile: error: --factors {too_big[0]} is larger than --angles {args.angles}", file=sys.stderr)
         return 2
+    if args.consistency > 0 and args.mode != "grad":
+        print(
+            "autoint-compile: error: --consistency needs --mode grad (it regularises the grad network)", file=sys.stderr
+        )
+        return 2
     s = CTSettings(
         size=args.size,
         n_angles=args.angles,
         hidden=tuple(args.hidden),
         rho_frequencies=args.rho_frequencies,
         theta_frequencies=args.theta_frequencies,
+        t_frequencies=args.t_frequencies,
+        consistency=args.consistency,
+        consistency_points=args.consistency_points,
         sine_w0=args.w0,
         n_samples=args.samples,
         mode=args.mode,

@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "phantom",
+    "circle_mask",
     "full_angles",
     "sinogram",
     "subsample_indices",
@@ -43,10 +44,10 @@ def phantom(size: int = 64) -> np.ndarray:
     img = shepp_logan_phantom()
     if img.shape != (size, size):
         img = resize(img, (size, size), anti_aliasing=True, preserve_range=True)
-    return _circle_mask(np.clip(img.astype(np.float64), 0.0, None))
+    return circle_mask(np.clip(img.astype(np.float64), 0.0, None))
 
 
-def _circle_mask(img: np.ndarray) -> np.ndarray:
+def circle_mask(img: np.ndarray) -> np.ndarray:
     """Zero outside the inscribed circle (what ``radon(circle=True)`` assumes; resizing can leak
     a little intensity there)."""
     n = img.shape[0]
@@ -92,7 +93,7 @@ def fbp_baseline(sub_sino: np.ndarray, sub_theta: np.ndarray, theta_full: np.nda
 
     size = sub_sino.shape[0]
     recon = iradon(sub_sino, theta=sub_theta, output_size=size, filter_name="ramp", circle=True)
-    return radon(_circle_mask(recon), theta=theta_full, circle=True)
+    return radon(circle_mask(recon), theta=theta_full, circle=True)
 
 
 def _flip_detector(col: np.ndarray) -> np.ndarray:
