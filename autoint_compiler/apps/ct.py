@@ -808,18 +808,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int_range(1, 2**24), default=d.batch_lines, help="lines per step")
     p.add_argument("--samples", type=int_range(1, 4096), default=d.n_samples, help="t samples per line (grad mode)")
     p.add_argument("--hidden", type=int_list(1, 65536, what="widths"), default=list(d.hidden))
-    p.add_argument(
-        "--rho-frequencies", type=int_range(0, 32), default=d.rho_frequencies, help="posenc octaves of rho (0: none)"
-    )
-    p.add_argument(
-        "--theta-frequencies",
-        type=int_range(0, 32),
-        default=d.theta_frequencies,
-        help="posenc octaves of theta (0: none)",
-    )
-    p.add_argument(
-        "--t-frequencies", type=int_range(0, 32), default=d.t_frequencies, help="posenc octaves of t (0: raw t)"
-    )
+    for var, raw in (("rho", "none"), ("theta", "none"), ("t", "raw t")):
+        p.add_argument(
+            f"--{var}-frequencies",
+            type=int_range(0, 32),
+            default=getattr(d, f"{var}_frequencies"),
+            help=f"posenc octaves of {var} (0: {raw})",
+        )
     p.add_argument(
         "--consistency",
         type=float_range(0, 1e3),
