@@ -215,6 +215,7 @@ def test_closed_form_stays_a_tensor_and_float32_works():
         ({"f": lambda p: p[:, :2] / 0, "samples": 8}, "non-finite"),
         ({"f": lambda p: p[:, :2].tolist(), "samples": 8}, "must return a tensor"),
         ({"f": lambda p: p[:, :2], "samples": 8, "generator": 3}, "generator must be a torch.Generator"),
+        ({"f": lambda p: p[:, :2], "samples": E.MAX_SAMPLES + 1}, "samples must be at most"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(kwargs, match):
@@ -233,3 +234,28 @@ def test_bad_ci_level_and_bounds():
         est.ci(95)
     with pytest.raises(ValueError, match="upper must have the shape"):
         net.integrate(a, b[:2], x, f=_f(net), samples=4)
+    for bad in (float("nan"), float("inf")):
+        b2 = b.clone()
+        b2[1, 0] = bad
+        with pytest.raises(ValueError, match="needs finite bounds; row 1"):
+            net.integrate(a, b2, x, f=_f(net), samples=4)
+
+
+def test_too_many_points_in_one_call_is_refused_before_drawing(monkeypatch):
+    net = _net(["t"])
+    a, b, x = _rows(net, 3)
+    monkeypatch.setattr(E, "MAX_TOTAL_POINTS", 3 * 8 - 1)
+    with pytest.raises(ValueError, match="3 rows x 8 samples is more than 23 evaluations of f in one call; split"):
+        net.integrate(a, b, x, f=_f(net), samples=8)
+    assert net.integrate(a[:2], b[:2], x[:2], f=_f(net), samples=8).value.shape == (2, 2)
+
+
+def test_float64_points_on_a_float32_network():
+    """Points in float64 (f keeps them) on a float32 network: cast for the network as the closed form
+    is, same estimate as with float32 points up to float32 rounding."""
+    net = _net(["t"], dtype="float32")
+    a, b, x = _rows(net, 5)
+    f = _f(net)
+    got = net.integrate(a.double(), b.double(), x.double(), f=f, samples=16, generator=torch.Generator().manual_seed(1))
+    want = net.integrate(a.float(), b.float(), x.float(), f=f, samples=16, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(got.value.double(), want.value.double(), atol=1e-4)

@@ -53,6 +53,10 @@ SAMPLERS = ("uniform", "stratified", "sobol")
 REPLICATES = 8
 #: points handed to f and the grad network in one call (rows are processed in chunks of this size)
 MAX_POINTS_PER_CALL = 1 << 20
+#: evaluations of f per row, and per call in all (the unit points of every row are drawn at once:
+#: split larger requests into batches of rows)
+MAX_SAMPLES = 1 << 24
+MAX_TOTAL_POINTS = 1 << 27
 _SOBOL_BITS = 30  # torch's SobolEngine MAXBIT: its points are multiples of 2^-30
 
 
@@ -169,12 +173,24 @@ def check_request(f: Any, samples: Any, sampler: Any, generator: Any = None) -> 
         raise ValueError("integrate: f needs samples=N, the number of evaluations of f per row (N >= 2)")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"integrate: samples must be an integer >= 2 (two give a standard error), got {samples!r}")
+    if samples > MAX_SAMPLES:
+        raise ValueError(f"integrate: samples must be at most {MAX_SAMPLES:,} per row, got {samples:,}")
     sampler = "uniform" if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"integrate: sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"integrate: generator must be a torch.Generator, got {type(generator).__name__}")
     return sampler
+
+
+def _check_finite(lower: torch.Tensor, upper: torch.Tensor) -> None:
+    bad = ~(torch.isfinite(lower).all(1) & torch.isfinite(upper).all(1))
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"integrate: a Monte Carlo estimate needs finite bounds; row {i} has lower "
+            f"{lower[i].tolist()}, upper {upper[i].tolist()}"
+        )
 
 
 def _call(fn: Callable, name: str, points: torch.Tensor, out: int | None) -> torch.Tensor:
@@ -209,6 +225,11 @@ def _mean_over_box(
     """Monte Carlo of ∫ Πᵢ (bᵢ−tᵢ)^{pᵢ−1}/(pᵢ−1)! · fn(t) over the box, per row (float64), t uniform.
     Returns (estimate, stderr, samples used per row, dof)."""
     rows, n = lower.shape
+    if rows * samples > MAX_TOTAL_POINTS:
+        raise ValueError(
+            f"integrate: {rows:,} rows x {samples:,} samples is more than {MAX_TOTAL_POINTS:,} evaluations of f "
+            "in one call; split the rows into batches"
+        )
     u = unit_points(sampler, rows, samples, n, generator)
     G, per = u.shape[1], u.shape[2]
     u = u.to(lower.device)
@@ -225,10 +246,9 @@ def _mean_over_box(
         r1 = min(rows, r0 + step)
         pts = x[r0:r1, None, :].expand(r1 - r0, G * per, x.shape[1]).clone()
         pts[:, :, columns] = t[r0:r1].reshape(r1 - r0, G * per, n).to(x.dtype)
-        v = fn(pts.reshape(-1, x.shape[1]))
-        parts.append(v.double().reshape(r1 - r0, G, per, -1))
-    vals = torch.cat(parts) * weight[..., None]  # [rows, G, per, out]
-    means = vals.mean(2)  # [rows, G, out]
+        v = fn(pts.reshape(-1, x.shape[1])).double().reshape(r1 - r0, G, per, -1)
+        parts.append((v * weight[r0:r1, ..., None]).mean(2))
+    means = torch.cat(parts)  # [rows, G, out]
     est = means.mean(1)
     var = means.var(1, unbiased=True) / G  # G independent replicate means
     dof = float(G - 1)
@@ -254,6 +274,7 @@ def monte_carlo(
     n = len(columns)
     lower = _bounds("lower", lower, n)
     upper = _bounds("upper", upper, n, lower)
+    _check_finite(lower, upper)
     powers = powers or [1] * n
     est, err, used, dof = _mean_over_box(
         lambda pts: _call(f, "f", pts, None), lower, upper, x, list(columns), powers, samples, sampler, generator
@@ -283,6 +304,7 @@ def corrected(
     N = _Net(net)
     lower = _bounds("lower", lower, N.n)
     upper = _bounds("upper", upper, N.n, lower)
+    _check_finite(lower, upper)
     x = _base_x(N, x, lower.shape[0], lower)
     if weights not in ("box", "repeated"):
         raise ValueError(f"weights must be 'box' or 'repeated', got {weights!r}")
@@ -290,9 +312,13 @@ def corrected(
     out = int(net.out_features)
     grad = N.network(N.orders)
 
+    param = next(iter(grad.parameters()), None) if isinstance(grad, torch.nn.Module) else None
+
     def residual(pts: torch.Tensor) -> torch.Tensor:
         fv = _call(f, "f", pts, out)
-        return fv.double() - grad(pts).double()
+        # f sees the points in x's dtype; the network gets them in its own (as the closed form does)
+        g = grad(pts if param is None else pts.to(param.dtype))
+        return fv.double() - g.double().to(fv.device)
 
     closed = closed_form()
     est, err, used, dof = _mean_over_box(residual, lower, upper, x, N.columns, powers, samples, sampler, generator)
