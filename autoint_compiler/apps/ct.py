@@ -594,8 +594,14 @@ def _settings_dict(s: CTSettings) -> dict[str, Any]:
 def _settings_note(s: CTSettings, total: float) -> str:
     return (
         f"\nSettings: phantom {s.size}x{s.size}, {s.n_angles} angles over 180 deg, MLP {list(s.hidden)}, "
-        f"posenc {s.rho_frequencies} octaves on rho, {s.theta_frequencies} on theta, sine w0={s.sine_w0:g}, "
-        "training mode "
+        f"posenc {s.rho_frequencies} octaves on rho, {s.theta_frequencies} on theta, {s.t_frequencies} on t, "
+        f"sine w0={s.sine_w0:g}, "
+        + (
+            f"line-consistency regulariser {s.consistency:g} ({s.consistency_points} points x 2 angles per step), "
+            if s.consistency > 0
+            else ""
+        )
+        + "training mode "
         f"'{s.mode}' ({s.n_samples} stratified t samples per line), mirror={s.mirror}, "
         f"{s.steps} Adam steps x {s.batch_lines} lines, lr {s.lr:g} (sine: {s.sine_lr or s.lr:g}; cosine decay), "
         f"seed {s.seed}, "
