@@ -725,9 +725,58 @@ class AnnealedBuffer(nn.Module):
     def forward(self, x):
         k = torch.arange(self.freqs, dtype=x.dtype)
         w = (1 - torch.cos(math.pi * torch.clamp(self.alpha - k, 0.0, 1.0))) / 2
-        z = x[..., None] * (2.0 ** k)  # [N, 2, freqs]
+        z = x[..., None] * (2.0**k)  # [N, 2, freqs]
         feats = torch.cat([torch.sin(z) * w, torch.cos(z) * w], -1).reshape(x.shape[0], -1)
         return self.out(torch.cat([x, feats], -1))
 
 
 CORPUS += [Case("annealed-buffer", AnnealedBuffer, 2, [0])]
+
+
+# --- normalisation layers ---------------------------------------------------------------------------------
+
+
+class PreLNResidualMLP(nn.Module):
+    """Pre-LayerNorm residual blocks (transformer-style MLP heads of coordinate networks), a Gaussian
+    erf-smoothed gate and an rsqrt-scaled output."""
+
+    def __init__(self, d=3, width=12, blocks=2):
+        super().__init__()
+        self.inp = nn.Linear(d, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(blocks))
+        self.fcs = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for norm, fc in zip(self.norms, self.fcs):
+            h = h + torch.tanh(fc(norm(h)))
+        gate = 0.5 * (1 + torch.erf(h / math.sqrt(2.0)))
+        return self.out(F.layer_norm(h * gate, (h.shape[-1],), eps=1e-3)) * torch.rsqrt(1 + x[:, :1] ** 2)
+
+
+class BatchNormMLP(nn.Module):
+    """Linear → BatchNorm1d → softplus (DeepSDF-like heads trained with batch norm), used in eval mode."""
+
+    def __init__(self, d=2, width=10):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d, width), nn.BatchNorm1d(width), nn.Softplus(), nn.Linear(width, width), nn.BatchNorm1d(width)
+        )
+        self.out = nn.Linear(width, 1)
+        with torch.no_grad():  # as after training: running statistics away from (0, 1)
+            for m in self.net:
+                if isinstance(m, nn.BatchNorm1d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        return self.out(torch.atan(self.net(x)))
+
+
+CORPUS += [
+    Case("pre-layernorm-residual", PreLNResidualMLP, 3, {0: 1, 2: 1}),
+    Case("batchnorm-eval", lambda: _eval(BatchNormMLP()), 2, {0: 2}),
+]

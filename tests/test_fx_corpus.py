@@ -37,6 +37,27 @@ def nested_jvp(f, x, cols):
         return f(x)
 
 
+#: modules through ops whose *nested* forward-mode AD is wrong in torch (F.layer_norm: pytorch#196700,
+#: open; checked here: second-order errors of O(1) against double backward): their oracle is nested
+#: reverse mode, torch.autograd.grad(create_graph=True), which is right for these ops
+REVERSE_ORACLE = {"pre-layernorm-residual"}
+
+
+def nested_autograd(f, x, cols):
+    """The same mixed partial by nested reverse mode, one output column at a time (rows are independent:
+    the gradient of the sum over rows is the per-row derivative)."""
+    x = x.clone().requires_grad_(True)
+    with detach_is_identity():
+        y = f(x)
+        outs = []
+        for j in range(y.shape[1]):
+            g = y[:, j]
+            for c in cols:
+                g = torch.autograd.grad(g.sum(), x, create_graph=True)[0][:, c]
+            outs.append(g)
+    return torch.stack(outs, 1)
+
+
 def _along(f, col):
     def g(y):
         e = torch.zeros_like(y)
@@ -68,8 +89,22 @@ def assert_close(got, ref, tol, what):
 def check_exact(case, module, net, x, what):
     with torch.no_grad():
         assert_close(net.integral(x), call(case, module, x), 1e-12, f"{what}: Φ")
-    ref = nested_jvp(lambda y: call(case, module, y), x, cols_of(case.integrate)).detach()
-    assert_close(net.grad(x).detach(), ref, 1e-9, f"{what}: grad vs nested jvp")
+    oracle = nested_autograd if case.name in REVERSE_ORACLE else nested_jvp
+    ref = oracle(lambda y: call(case, module, y), x, cols_of(case.integrate)).detach()
+    assert_close(net.grad(x).detach(), ref, 1e-9, f"{what}: grad vs {oracle.__name__}")
+
+
+def test_the_two_oracles_agree_where_torch_forward_ad_is_right():
+    """nested_autograd is an oracle of its own: on every corpus module outside REVERSE_ORACLE it equals
+    nested jvp (a sample of three, one with a second-order column)."""
+    for name in ("siren", "antiderivative-order-2", "batchnorm-eval"):
+        case = next(c for c in CORPUS if c.name == name)
+        module = build(case)
+        x = torch.rand(6, case.d, dtype=torch.float64) * 2 - 1
+        f = lambda y, case=case, module=module: call(case, module, y)  # noqa: E731
+        a = nested_jvp(f, x, cols_of(case.integrate)).detach()
+        b = nested_autograd(f, x, cols_of(case.integrate)).detach()
+        assert_close(b, a, 1e-10, f"{name}: reverse vs forward oracle")
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])

@@ -110,9 +110,70 @@ CASES = {
     ("F.normalize", "dim"): (lambda m, h: F.normalize(h, dim=-1), OK),
     ("F.normalize", "eps"): (lambda m, h: F.normalize(h, dim=1, eps=1e-3), OK),
     ("F.normalize", "out"): (lambda m, h: F.normalize(h, dim=1, out=torch.empty(8, 4, dtype=torch.float64)), "out="),
+    ("torch.tan", "out"): _out(torch.tan),
+    ("torch.atan", "out"): _out(torch.atan),
+    ("torch.sinh", "out"): _out(torch.sinh),
+    ("torch.cosh", "out"): _out(torch.cosh),
+    ("torch.erf", "out"): _out(torch.erf),
+    ("torch.special.erf", "out"): _out(torch.special.erf),
+    ("torch.rsqrt", "out"): _out(torch.rsqrt),
+    ("torch.reciprocal", "out"): _out(torch.reciprocal),
+    ("torch.expm1", "out"): _out(torch.expm1),
+    ("torch.log1p", "out"): _out(torch.log1p),
+    ("torch.exp2", "out"): _out(torch.exp2),
+    ("torch.log2", "out"): _out(torch.log2),
+    ("torch.log10", "out"): _out(torch.log10),
+    ("F.layer_norm", "weight"): (lambda m, h: F.layer_norm(h, (4,), weight=m.M[:, 0]), OK),
+    ("F.layer_norm", "bias"): (lambda m, h: F.layer_norm(h, [4], m.M[:, 1], bias=m.M[:, 2]), OK),
+    ("F.layer_norm", "eps"): (lambda m, h: F.layer_norm(h, (4,), eps=0.5), OK),
 }
 
+#: the new pointwise rows on arguments inside their domains (exact against the module and nested jvp)
+POINTWISE = {
+    "tan": lambda m, h: torch.tan(0.4 * h),
+    "atan": lambda m, h: h.arctan() + torch.atan(h * 2),
+    "sinh-cosh": lambda m, h: h.sinh() * torch.cosh(h),
+    "erf": lambda m, h: torch.erf(h) + torch.special.erf(2 * h),
+    "rsqrt-reciprocal": lambda m, h: (h * h + 1).rsqrt() + torch.reciprocal(h + 3),
+    "expm1-log1p": lambda m, h: h.expm1() + torch.log1p(h + 2),
+    "exp2-log2-log10": lambda m, h: torch.exp2(h) + (h + 3).log2() + torch.log10(h + 3),
+}
+
+
+def _batch_norm(**kw):
+    bn = nn.BatchNorm1d(4, **kw)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.3, -0.5, 1.0, 0.0]))
+        bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.5, 0.8]))
+        if bn.affine:
+            bn.weight.copy_(torch.tensor([1.5, 0.7, -1.0, 2.0]))
+            bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    return bn.eval()
+
+
+def _layer_norm(**kw):
+    ln = nn.LayerNorm(4, **kw)
+    with torch.no_grad():
+        for p in ln.parameters():
+            p.uniform_(0.5, 1.5)
+    return ln
+
+
 MODULE_CASES = {
+    (nn.LayerNorm, "normalized_shape"): (_layer_norm(), OK),
+    (nn.LayerNorm, "eps"): (_layer_norm(eps=0.3), OK),
+    (nn.LayerNorm, "elementwise_affine"): (_layer_norm(elementwise_affine=False), OK),
+    (nn.LayerNorm, "weight"): (_layer_norm(), OK),
+    (nn.LayerNorm, "bias"): (_layer_norm(bias=False), OK),
+    (nn.BatchNorm1d, "num_features"): (nn.BatchNorm1d(3).eval(), "of 3 features on 4 features"),
+    (nn.BatchNorm1d, "eps"): (_batch_norm(eps=0.25), OK),
+    (nn.BatchNorm1d, "affine"): (_batch_norm(affine=False), OK),
+    (nn.BatchNorm1d, "track_running_stats"): (nn.BatchNorm1d(4, track_running_stats=False).eval(), "batch statistics"),
+    (nn.BatchNorm1d, "training"): (_batch_norm().train(), "batch statistics"),
+    (nn.BatchNorm1d, "running_mean"): (_batch_norm(), OK),
+    (nn.BatchNorm1d, "running_var"): (_batch_norm(), OK),
+    (nn.BatchNorm1d, "weight"): (_batch_norm(), OK),
+    (nn.BatchNorm1d, "bias"): (_batch_norm(), OK),
     (nn.ReLU, "inplace"): (nn.ReLU(inplace=True), OK),
     (nn.LeakyReLU, "negative_slope"): (nn.LeakyReLU(0.25), OK),
     (nn.LeakyReLU, "inplace"): (nn.LeakyReLU(inplace=True), OK),
@@ -194,6 +255,30 @@ def test_module_attribute_is_handled_or_refused_by_name(key):
 @pytest.mark.parametrize("kind", [t for t, row in MODULES.items() if not row.attributes], ids=lambda t: t.__name__)
 def test_module_without_attributes_is_exact(kind):
     _check(Body(None, inner=kind()), OK)
+
+
+@pytest.mark.parametrize("name", list(POINTWISE))
+def test_formula_rows_are_exact(name):
+    _check(Body(POINTWISE[name]), OK)
+
+
+def test_norm_layers_read_their_state_live():
+    """LayerNorm's weight and BatchNorm's running statistics are read on every call, and a changed eps or
+    mode after compile_module is an error naming the attribute (not a silent mismatch)."""
+    x = torch.rand(8, 2, dtype=torch.float64) * 2 - 1
+    for inner, tensor, attr, value in (
+        (_layer_norm(), "weight", "eps", 0.5),
+        (_batch_norm(), "running_var", "eps", 0.5),
+        (_batch_norm(), "running_mean", "training", True),
+    ):
+        module = Body(None, inner=inner).double()
+        net = ac.compile_module(module, 2, [0])
+        with torch.no_grad():
+            getattr(inner, tensor).mul_(1.7)
+        assert torch.allclose(net.integral(x), module(x), rtol=1e-12, atol=1e-12)
+        setattr(inner, attr, value)
+        with pytest.raises(ac.CompileError, match=f"{attr} was"):
+            net.integral(x)
 
 
 def test_every_keyword_of_the_table_has_a_case():

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import activations as A
+from . import fx_state as S
 from .fx_state import State
 from .fx_trace import EXAMPLE_BATCH
 
@@ -173,6 +174,80 @@ def _formula(text: str):
         return L.pointwise(node, input, A.formula(text))
 
     return rule
+
+
+def _pwf(text: str):
+    """A torch function of one tensor (with ``out=``) that the table writes as a formula of x."""
+
+    def rule(L, node, input, *, out=None):
+        _no_out(L, node, out)
+        return L.pointwise(node, input, A.formula(text))
+
+    return rule
+
+
+def _layer_norm(L, node, input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(x − mean) / sqrt(var + eps) · weight + bias over the features (biased variance, as torch):
+    a sum, a scale and a pointwise 1/sqrt in the IR; weight and bias are read live."""
+    if isinstance(input, (Col, Grid)) or not isinstance(input, Ref):
+        L.refuse(node, f"layer_norm of a {type(input).__name__}", "layer_norm of a tensor [N, features] of x")
+    a = L.ref(node, input)
+    w = L.g.width(a)
+    shape = tuple(normalized_shape) if isinstance(normalized_shape, (list, tuple, torch.Size)) else (normalized_shape,)
+    if shape != (w,):
+        L.refuse(node, f"layer_norm over normalized_shape={shape}", f"normalise the {w} features: ({w},)")
+    eps = L.finite(node, eps, "eps")
+    if eps < 0:
+        L.refuse(node, f"layer_norm with eps={eps}", "eps >= 0")
+    mean = Ref(L.b.scale(L.b.sum(a), 1.0 / w))
+    centred = L.arith(node, "sub", a, mean)
+    var = Ref(L.b.scale(L.b.sum(L.b.mul(int(centred), int(centred))), 1.0 / w))
+    out = L.arith(node, "mul", centred, L.pointwise(node, L.arith(node, "add", var, eps), A.formula("1/sqrt(x)")))
+    for v, op in ((weight, "mul"), (bias, "add")):
+        if v is not None:
+            out = L.arith(node, op, out, v)
+    return out
+
+
+def _layer_norm_module(L, node, mod, a):
+    path = str(node.target)
+    weight = L.tensor_state(f"{path}.weight") if mod.weight is not None else None
+    bias = L.tensor_state(f"{path}.bias") if getattr(mod, "bias", None) is not None else None
+    return _layer_norm(L, node, a, mod.normalized_shape, weight, bias, mod.eps)
+
+
+def _batch_norm_module(L, node, mod, a):
+    """BatchNorm1d in eval mode with running statistics: x · s + t per feature, s = weight / sqrt(var +
+    eps), t = bias − mean · s, recomputed from the live buffers and parameters on every call. Batch
+    statistics (training mode, or no running statistics) couple the rows: refused."""
+    where = L.display(str(node.target))
+    if mod.training or not mod.track_running_stats or mod.running_mean is None:
+        L.refuse(
+            node,
+            f"{type(mod).__name__} ({where}) with batch statistics (training mode or track_running_stats=False)",
+            "call module.eval() before compile_module (running statistics: a per-feature affine map)",
+        )
+    if isinstance(a, (Col, Grid)) or not isinstance(a, Ref):
+        L.refuse(node, f"{type(mod).__name__} ({where}) of a {type(a).__name__}", "a tensor [N, features] of x")
+    if L.g.width(a) != mod.num_features:
+        L.refuse(
+            node,
+            f"{type(mod).__name__} ({where}) of {mod.num_features} features on {L.g.width(a)} features",
+            "num_features equal to the input's width",
+        )
+    path = str(node.target)
+    mean, var = L.tensor_state(f"{path}.running_mean"), L.tensor_state(f"{path}.running_var")
+    eps = L.finite(node, mod.eps, "eps")
+    if mod.affine:
+        weight, bias = L.tensor_state(f"{path}.weight"), L.tensor_state(f"{path}.bias")
+        scale = S.apply(lambda v, w: w * torch.rsqrt(v + eps), (var, weight), {}, f"{where} scale")
+        shift = S.apply(
+            lambda m, v, w, b: b - m * w * torch.rsqrt(v + eps), (mean, var, weight, bias), {}, f"{where} shift"
+        )
+    else:
+        scale = S.apply(lambda v: torch.rsqrt(v + eps), (var,), {}, f"{where} scale")
+        shift = S.apply(lambda m, v: -m * torch.rsqrt(v + eps), (mean, var), {}, f"{where} shift")
+    return L.arith(node, "add", L.arith(node, "mul", a, scale), shift)
 
 
 def _relu6(L, node, input, inplace=False):
@@ -511,6 +586,23 @@ for _fn in ("sin", "cos", "exp", "log", "tanh", "sigmoid", "abs"):
     _row(f"torch.{_fn}", _rule, getattr(torch, _fn), _m(_fn))
     _row(f"Tensor.{_fn}_", _inplace(_rule), _m(f"{_fn}_"), inplace=True)
 _row("torch.absolute", _pw("abs"), torch.absolute, _m("absolute"))
+for _names, _text in (
+    (("tan",), "tan(x)"),
+    (("atan", "arctan"), "atan(x)"),
+    (("sinh",), "sinh(x)"),
+    (("cosh",), "cosh(x)"),
+    (("erf",), "erf(x)"),
+    (("rsqrt",), "1/sqrt(x)"),
+    (("reciprocal",), "1/x"),
+    (("expm1",), "exp(x) - 1"),
+    (("log1p",), "log(1 + x)"),
+    (("exp2",), "exp(0.6931471805599453*x)"),
+    (("log2",), "log(x)/0.6931471805599453"),
+    (("log10",), "log(x)/2.302585092994046"),
+):
+    _row(f"torch.{_names[0]}", _pwf(_text), *(getattr(torch, n) for n in _names), *(_m(n) for n in _names))
+_row("torch.special.erf", _pwf("erf(x)"), torch.special.erf)
+_row("F.layer_norm", _layer_norm, F.layer_norm)
 _row("F.tanh", _pw("tanh"), F.tanh)
 _row("F.sigmoid", _pw("sigmoid"), F.sigmoid)
 _row("torch.sqrt", _sqrt, torch.sqrt, _m("sqrt"))
@@ -615,6 +707,21 @@ MODULES: dict[type, ModuleRow] = {
     nn.Softsign: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("x/(1+abs(x))"))),
     nn.LogSigmoid: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("-softplus(-x)"))),
     nn.Dropout: ModuleRow(lambda L, n, m, a: _dropout(L, n, a, m.p, m.training), ("p", "training", "inplace")),
+    nn.LayerNorm: ModuleRow(_layer_norm_module, ("normalized_shape", "eps", "elementwise_affine", "weight", "bias")),
+    nn.BatchNorm1d: ModuleRow(
+        _batch_norm_module,
+        (
+            "num_features",
+            "eps",
+            "affine",
+            "track_running_stats",
+            "training",
+            "running_mean",
+            "running_var",
+            "weight",
+            "bias",
+        ),
+    ),
     nn.Flatten: ModuleRow(lambda L, n, m, a: _flatten(L, n, a, m.start_dim, m.end_dim), ("start_dim", "end_dim")),
 }
 

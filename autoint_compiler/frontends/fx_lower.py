@@ -540,7 +540,8 @@ class Lowering:
                 self.refuse(node, f"calling {where} with {len(args)} arguments", "call it on one tensor")
             for attr in row.attributes:  # compiled in: guarded like the attributes forward reads
                 v = getattr(mod, attr)
-                if type(v) in (bool, int, float, str) and attr != "inplace":
+                scalar = type(v) in (bool, int, float, str)
+                if (scalar or (type(v) is tuple and all(type(e) is int for e in v))) and attr != "inplace":
                     path = f"{self.display(str(target))}.{attr}"
                     self.traced.recorded.append(Recorded(mod, attr, v, path))
             return row.rule(self, node, mod, args[0]), bool(getattr(mod, "inplace", False))
