@@ -126,6 +126,8 @@ CASES = {
     ("F.layer_norm", "weight"): (lambda m, h: F.layer_norm(h, (4,), weight=m.M[:, 0]), OK),
     ("F.layer_norm", "bias"): (lambda m, h: F.layer_norm(h, [4], m.M[:, 1], bias=m.M[:, 2]), OK),
     ("F.layer_norm", "eps"): (lambda m, h: F.layer_norm(h, (4,), eps=0.5), OK),
+    ("F.rms_norm", "weight"): (lambda m, h: F.rms_norm(h, (4,), weight=m.M[:, 0]), OK),
+    ("F.rms_norm", "eps"): (lambda m, h: F.rms_norm(h, [4], m.M[:, 1], eps=0.3) + F.rms_norm(h, (4,)), OK),
 }
 
 #: the new pointwise rows on arguments inside their domains (exact against the module and nested jvp)
@@ -151,8 +153,8 @@ def _batch_norm(**kw):
     return bn.eval()
 
 
-def _layer_norm(**kw):
-    ln = nn.LayerNorm(4, **kw)
+def _layer_norm(cls=nn.LayerNorm, **kw):
+    ln = cls(4, **kw)
     with torch.no_grad():
         for p in ln.parameters():
             p.uniform_(0.5, 1.5)
@@ -165,6 +167,10 @@ MODULE_CASES = {
     (nn.LayerNorm, "elementwise_affine"): (_layer_norm(elementwise_affine=False), OK),
     (nn.LayerNorm, "weight"): (_layer_norm(), OK),
     (nn.LayerNorm, "bias"): (_layer_norm(bias=False), OK),
+    (nn.RMSNorm, "normalized_shape"): (_layer_norm(cls=nn.RMSNorm), OK),
+    (nn.RMSNorm, "eps"): (_layer_norm(cls=nn.RMSNorm, eps=0.2), OK),
+    (nn.RMSNorm, "elementwise_affine"): (_layer_norm(cls=nn.RMSNorm, elementwise_affine=False), OK),
+    (nn.RMSNorm, "weight"): (_layer_norm(cls=nn.RMSNorm), OK),
     (nn.BatchNorm1d, "num_features"): (nn.BatchNorm1d(3).eval(), "of 3 features on 4 features"),
     (nn.BatchNorm1d, "eps"): (_batch_norm(eps=0.25), OK),
     (nn.BatchNorm1d, "affine"): (_batch_norm(affine=False), OK),
@@ -268,6 +274,7 @@ def test_norm_layers_read_their_state_live():
     x = torch.rand(8, 2, dtype=torch.float64) * 2 - 1
     for inner, tensor, attr, value in (
         (_layer_norm(), "weight", "eps", 0.5),
+        (_layer_norm(cls=nn.RMSNorm), "weight", "eps", 0.5),  # None at compile time: guarded too
         (_batch_norm(), "running_var", "eps", 0.5),
         (_batch_norm(), "running_mean", "training", True),
     ):

@@ -186,21 +186,21 @@ def _pwf(text: str):
     return rule
 
 
-def _layer_norm(L, node, input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    """(x − mean) / sqrt(var + eps) · weight + bias over the features (biased variance, as torch):
-    a sum, a scale and a pointwise 1/sqrt in the IR; weight and bias are read live."""
+def _feature_norm(L, node, what: str, input, normalized_shape, weight, bias, eps, centre: bool):
+    """(x − mean) / sqrt(var + eps) (``centre``: layer norm; else x / sqrt(mean(x²) + eps), RMS norm) over
+    the features, · weight + bias: a sum, a scale and a pointwise 1/sqrt in the IR; weight and bias are
+    read live."""
     if isinstance(input, (Col, Grid)) or not isinstance(input, Ref):
-        L.refuse(node, f"layer_norm of a {type(input).__name__}", "layer_norm of a tensor [N, features] of x")
+        L.refuse(node, f"{what} of a {type(input).__name__}", f"{what} of a tensor [N, features] of x")
     a = L.ref(node, input)
     w = L.g.width(a)
     shape = tuple(normalized_shape) if isinstance(normalized_shape, (list, tuple, torch.Size)) else (normalized_shape,)
     if shape != (w,):
-        L.refuse(node, f"layer_norm over normalized_shape={shape}", f"normalise the {w} features: ({w},)")
+        L.refuse(node, f"{what} over normalized_shape={shape}", f"normalise the {w} features: ({w},)")
     eps = L.finite(node, eps, "eps")
     if eps < 0:
-        L.refuse(node, f"layer_norm with eps={eps}", "eps >= 0")
-    mean = Ref(L.b.scale(L.b.sum(a), 1.0 / w))
-    centred = L.arith(node, "sub", a, mean)
+        L.refuse(node, f"{what} with eps={eps}", "eps >= 0")
+    centred = L.arith(node, "sub", a, Ref(L.b.scale(L.b.sum(a), 1.0 / w))) if centre else a
     var = Ref(L.b.scale(L.b.sum(L.b.mul(int(centred), int(centred))), 1.0 / w))
     out = L.arith(node, "mul", centred, L.pointwise(node, L.arith(node, "add", var, eps), A.formula("1/sqrt(x)")))
     for v, op in ((weight, "mul"), (bias, "add")):
@@ -209,11 +209,26 @@ def _layer_norm(L, node, input, normalized_shape, weight=None, bias=None, eps=1e
     return out
 
 
-def _layer_norm_module(L, node, mod, a):
-    path = str(node.target)
-    weight = L.tensor_state(f"{path}.weight") if mod.weight is not None else None
-    bias = L.tensor_state(f"{path}.bias") if getattr(mod, "bias", None) is not None else None
-    return _layer_norm(L, node, a, mod.normalized_shape, weight, bias, mod.eps)
+def _layer_norm(L, node, input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """torch's layer norm (biased variance)."""
+    return _feature_norm(L, node, "layer_norm", input, normalized_shape, weight, bias, eps, centre=True)
+
+
+def _rms_norm(L, node, input, normalized_shape, weight=None, eps=None):
+    """torch's RMS norm; ``eps=None`` is the machine epsilon of the network's dtype, as in torch."""
+    eps = torch.finfo(L.dtype).eps if eps is None else eps
+    return _feature_norm(L, node, "rms_norm", input, normalized_shape, weight, None, eps, centre=False)
+
+
+def _norm_module(fn):
+    def rule(L, node, mod, a):
+        path = str(node.target)
+        weight = L.tensor_state(f"{path}.weight") if mod.weight is not None else None
+        if getattr(mod, "bias", None) is not None:
+            return fn(L, node, a, mod.normalized_shape, weight, L.tensor_state(f"{path}.bias"), mod.eps)
+        return fn(L, node, a, mod.normalized_shape, weight, eps=mod.eps)
+
+    return rule
 
 
 def _batch_norm_module(L, node, mod, a):
@@ -603,6 +618,7 @@ for _names, _text in (
     _row(f"torch.{_names[0]}", _pwf(_text), *(getattr(torch, n) for n in _names), *(_m(n) for n in _names))
 _row("torch.special.erf", _pwf("erf(x)"), torch.special.erf)
 _row("F.layer_norm", _layer_norm, F.layer_norm)
+_row("F.rms_norm", _rms_norm, F.rms_norm)
 _row("F.tanh", _pw("tanh"), F.tanh)
 _row("F.sigmoid", _pw("sigmoid"), F.sigmoid)
 _row("torch.sqrt", _sqrt, torch.sqrt, _m("sqrt"))
@@ -707,7 +723,10 @@ MODULES: dict[type, ModuleRow] = {
     nn.Softsign: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("x/(1+abs(x))"))),
     nn.LogSigmoid: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("-softplus(-x)"))),
     nn.Dropout: ModuleRow(lambda L, n, m, a: _dropout(L, n, a, m.p, m.training), ("p", "training", "inplace")),
-    nn.LayerNorm: ModuleRow(_layer_norm_module, ("normalized_shape", "eps", "elementwise_affine", "weight", "bias")),
+    nn.LayerNorm: ModuleRow(
+        _norm_module(_layer_norm), ("normalized_shape", "eps", "elementwise_affine", "weight", "bias")
+    ),
+    nn.RMSNorm: ModuleRow(_norm_module(_rms_norm), ("normalized_shape", "eps", "elementwise_affine", "weight")),
     nn.BatchNorm1d: ModuleRow(
         _batch_norm_module,
         (

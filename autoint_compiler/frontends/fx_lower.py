@@ -540,7 +540,7 @@ class Lowering:
                 self.refuse(node, f"calling {where} with {len(args)} arguments", "call it on one tensor")
             for attr in row.attributes:  # compiled in: guarded like the attributes forward reads
                 v = getattr(mod, attr)
-                scalar = type(v) in (bool, int, float, str)
+                scalar = type(v) in (bool, int, float, str, type(None))
                 if (scalar or (type(v) is tuple and all(type(e) is int for e in v))) and attr != "inplace":
                     path = f"{self.display(str(target))}.{attr}"
                     self.traced.recorded.append(Recorded(mod, attr, v, path))
