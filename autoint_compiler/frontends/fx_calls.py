@@ -365,6 +365,47 @@ def _matmul(L, node, input, other, *, out=None):
     return L.linear(node, input, w, None)
 
 
+def _addmm(L, node, input, mat1, mat2, *, beta=1, alpha=1, out=None):
+    """beta · input + alpha · (mat1 @ mat2): a linear layer written as torch.addmm(b, x, W.t())."""
+    _no_out(L, node, out)
+    beta, alpha = L.finite(node, beta, "beta"), L.finite(node, alpha, "alpha")
+    prod = L.arith(node, "mul", _matmul(L, node, mat1, mat2), alpha)
+    return prod if beta == 0 else L.arith(node, "add", prod, L.arith(node, "mul", input, beta))
+
+
+def _addcmul(L, node, input, tensor1, tensor2, *, value=1, out=None):
+    _no_out(L, node, out)
+    value = L.finite(node, value, "value")
+    return L.arith(node, "add", input, L.arith(node, "mul", L.arith(node, "mul", tensor1, tensor2), value))
+
+
+def _lerp(L, node, input, end, weight, *, out=None):
+    """input + weight · (end − input)."""
+    _no_out(L, node, out)
+    return L.arith(node, "add", input, L.arith(node, "mul", L.arith(node, "sub", end, input), weight))
+
+
+def _vector_norm(L, node, x, ord=2, dim=None, keepdim=False, *, dtype=None, out=None):  # noqa: A002
+    if ord not in (2, 2.0):
+        L.refuse(node, f"vector_norm(ord={ord!r})", "the 2-norm over the features: ord=2, dim=-1")
+    return _norm(L, node, x, 2, dim, keepdim, dtype, out=out)
+
+
+def _linalg_norm(L, node, A, ord=None, dim=None, keepdim=False, *, out=None, dtype=None):  # noqa: A002
+    if ord not in (None, 2, 2.0) or dim is None:
+        L.refuse(node, f"linalg.norm(ord={ord!r}, dim={dim})", "the 2-norm over the features: dim=-1")
+    return _norm(L, node, A, 2, dim, keepdim, dtype, out=out)
+
+
+def _hardsigmoid(L, node, input, inplace=False):
+    """clamp(x / 6 + 1/2, 0, 1): kinked at ±3, flagged as not smooth."""
+    return _clamp(L, node, L.arith(node, "add", L.arith(node, "mul", input, 1.0 / 6.0), 0.5), 0.0, 1.0)
+
+
+def _hardswish(L, node, input, inplace=False):
+    return L.arith(node, "mul", input, _hardsigmoid(L, node, input))
+
+
 # --- shape -------------------------------------------------------------------------------------------------
 
 
@@ -617,6 +658,15 @@ for _names, _text in (
 ):
     _row(f"torch.{_names[0]}", _pwf(_text), *(getattr(torch, n) for n in _names), *(_m(n) for n in _names))
 _row("torch.special.erf", _pwf("erf(x)"), torch.special.erf)
+_row("torch.special.expit", _pw("sigmoid"), torch.special.expit)
+_row("F.tanhshrink", lambda L, node, input: L.pointwise(node, input, A.formula("x - tanh(x)")), F.tanhshrink)
+_row("F.hardsigmoid", _hardsigmoid, F.hardsigmoid)
+_row("F.hardswish", _hardswish, F.hardswish)
+_row("torch.addmm", _addmm, torch.addmm, _m("addmm"))
+_row("torch.addcmul", _addcmul, torch.addcmul, _m("addcmul"))
+_row("torch.lerp", _lerp, torch.lerp, _m("lerp"))
+_row("torch.linalg.vector_norm", _vector_norm, torch.linalg.vector_norm)
+_row("torch.linalg.norm", _linalg_norm, torch.linalg.norm)
 _row("F.layer_norm", _layer_norm, F.layer_norm)
 _row("F.rms_norm", _rms_norm, F.rms_norm)
 _row("F.tanh", _pw("tanh"), F.tanh)
@@ -741,6 +791,9 @@ MODULES: dict[type, ModuleRow] = {
             "bias",
         ),
     ),
+    nn.Tanhshrink: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("x - tanh(x)"))),
+    nn.Hardsigmoid: ModuleRow(lambda L, n, m, a: _hardsigmoid(L, n, a), ("inplace",)),
+    nn.Hardswish: ModuleRow(lambda L, n, m, a: _hardswish(L, n, a), ("inplace",)),
     nn.Flatten: ModuleRow(lambda L, n, m, a: _flatten(L, n, a, m.start_dim, m.end_dim), ("start_dim", "end_dim")),
 }
 
