@@ -389,3 +389,30 @@ def test_density_bias_decays_to_zero_and_the_trained_model_renders_without_it():
     assert model.density_bias == 0.2
     R.train_model(model, train, replace(s, steps=4), method="autoint-K4")
     assert model.density_bias == 0.0
+
+
+def test_jitter_cuts_keeps_ends_order_and_a_minimum_section():
+    from autoint_compiler.apps.render_model import jitter_cuts, uniform_cuts
+
+    like = torch.zeros(1, dtype=torch.float64)
+    cuts = uniform_cuts(4096, 8, 2.0, 6.0, like)
+    assert torch.equal(jitter_cuts(cuts, 0.0, None), cuts)
+    gen = torch.Generator().manual_seed(0)
+    moved = jitter_cuts(cuts, 0.25, gen)
+    assert torch.equal(moved[:, 0], cuts[:, 0]) and torch.equal(moved[:, -1], cuts[:, -1])
+    lengths = moved[:, 1:] - moved[:, :-1]
+    assert lengths.min() >= 0.5 * 0.5 - 1e-12  # section 0.5, each end moves <= 0.25 of it
+    inner = moved[:, 1:-1] - cuts[:, 1:-1]
+    assert inner.abs().max() <= 0.125 + 1e-12 and inner.abs().max() > 0.12  # up to +-0.25 x 0.5, and it moves
+    assert abs(float(inner.mean())) < 0.005  # unbiased: the cut is where it was on average
+    again = jitter_cuts(cuts, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(again, moved)
+
+
+def test_cut_jitter_is_checked():
+    from autoint_compiler.apps.render_model import RenderSettings
+
+    with pytest.raises(ValueError, match="cut_jitter"):
+        RenderSettings(cut_jitter=0.5)
+    with pytest.raises(ValueError, match="cut_jitter"):
+        RenderSettings(cut_jitter=-0.1)

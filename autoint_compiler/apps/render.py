@@ -459,6 +459,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="weight of the ray-consistency regulariser (AutoInt; 0: off)",
     )
     p.add_argument(
+        "--cut-jitter",
+        type=float_range(0, 0.49),
+        default=None,
+        help="AutoInt training: move interior section cuts by up to this share of a section each step "
+        "(default 0.25; 0: fixed equal sections)",
+    )
+    p.add_argument(
         "--color-mode",
         choices=["uniform", "weighted"],
         default=None,
@@ -507,6 +514,7 @@ def settings_from_args(args: argparse.Namespace) -> RenderSettings:
         "time_matched": args.time_matched,
         "consistency_weight": args.consistency,
         "color_mode": args.color_mode,
+        "cut_jitter": args.cut_jitter,
         "density_bias": args.density_bias,
         "ray_encoding": args.ray_encoding,
     }

@@ -22,6 +22,7 @@ __all__ = [
     "posenc",
     "SamplingNet",
     "uniform_cuts",
+    "jitter_cuts",
     "section_render",
     "stratified_in_sections",
     "AutoIntField",
@@ -64,6 +65,7 @@ class RenderSettings:
     sampler_frequencies: int = 3
     section_eps: float = 0.2  # share of each ray spread uniformly over the sections
     uniform_sections: bool = True  # equal sections; False: the learned sampling network places the cuts
+    cut_jitter: float = 0.25  # AutoInt training only: interior cuts moved by up to +-this share of a section
     samples_per_ray: int = 64  # grad-network samples per ray in the AutoInt 'samples' loss
     loss: str = "section"  # section | both | samples (see the module docstring)
     neg_penalty: float = 0.01
@@ -95,6 +97,8 @@ class RenderSettings:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.cut_jitter < 0.5:
+            raise ValueError(f"cut_jitter must be in [0, 0.5), got {self.cut_jitter!r}")
         if self.loss not in ("both", "samples", "section"):
             raise ValueError(f"loss must be 'both', 'samples' or 'section', got {self.loss!r}")
         if self.ray_encoding not in ("point", "plucker"):
@@ -251,6 +255,19 @@ def uniform_cuts(n_rays: int, k: int, near: float, far: float, like: torch.Tenso
     """Equal sections: ``[n_rays, k + 1]``."""
     t = torch.linspace(near, far, k + 1, dtype=like.dtype, device=like.device)
     return t[None].expand(n_rays, k + 1)
+
+
+def jitter_cuts(cuts: torch.Tensor, amount: float, gen: torch.Generator | None) -> torch.Tensor:
+    """Move each interior cut of ``cuts [R, K + 1]`` uniformly by up to ``amount`` (< 0.5) of its
+    neighbouring sections' mean length (ends fixed): random sections every step, none shorter than
+    (1 − 2·amount) of the shortest, so Φ is asked for its antiderivative along the whole ray."""
+    if amount <= 0:
+        return cuts
+    inner = cuts[:, 1:-1]
+    half = 0.5 * (cuts[:, 2:] - cuts[:, :-2])
+    u = torch.rand(inner.shape, generator=gen, dtype=cuts.dtype, device=cuts.device)
+    moved = inner + (2 * u - 1) * amount * half
+    return torch.cat([cuts[:, :1], moved, cuts[:, -1:]], 1)
 
 
 def _ray_inputs(o: torch.Tensor, d: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..runtime.checkpoint import CheckpointError
 from ..runtime.train import TrainConfig, resolve_device, train
-from .render_model import AutoIntField, QuadratureField, RenderSettings, _dtype
+from .render_model import AutoIntField, QuadratureField, RenderSettings, _dtype, jitter_cuts
 from .render_scenes import Views
 
 __all__ = ["loss_terms", "consistency_penalty", "density_bias_at", "train_config", "train_model", "step_seconds"]
@@ -40,6 +40,8 @@ def loss_terms(model: nn.Module, o, d, rgb, gen, s: RenderSettings) -> tuple[tor
         return loss, {"loss": float(loss.detach())}
     assert isinstance(model, AutoIntField)
     cuts = model.cuts(o, d)
+    if s.cut_jitter > 0 and model.sampler is None:
+        cuts = jitter_cuts(cuts, s.cut_jitter, gen)
     loss = o.new_zeros(())
     stats: dict[str, float] = {}
     if s.loss in ("both", "section"):
@@ -103,7 +105,7 @@ class _Bundle:
 _ARCH_KEYS = (
     "size hidden_sigma hidden_color frequencies dir_frequencies skips activation sampler_hidden sampler_frequencies "
     "section_eps uniform_sections samples_per_ray loss neg_penalty sigma_scale density_act color_act color_mode "
-    "density_bias bias_decay consistency_weight consistency_points batch_rays near far dtype n_train"
+    "density_bias bias_decay consistency_weight consistency_points batch_rays near far dtype n_train cut_jitter"
 ).split()
 
 
