@@ -62,7 +62,9 @@ CASES = {
     ("F.elu", "inplace"): (lambda m, h: F.elu(h * 1.0, inplace=True), OK),
     ("F.selu", "inplace"): (lambda m, h: F.selu(h * 1.0, inplace=True), OK),
     ("F.silu", "inplace"): (lambda m, h: F.silu(h * 1.0, inplace=True), OK),
-    ("F.gelu", "approximate"): (lambda m, h: F.gelu(h, approximate="tanh"), "approximate"),
+    ("F.gelu", "approximate"): (lambda m, h: F.gelu(h, approximate="tanh") + F.gelu(2 * h, approximate="none"), OK),
+    ("F.celu", "alpha"): (lambda m, h: F.celu(h, alpha=0.5) + torch.celu(h, 2.0), OK),
+    ("F.celu", "inplace"): (lambda m, h: F.celu(h * 1.0, 0.7, inplace=True), OK),
     ("F.softplus", "beta"): (lambda m, h: F.softplus(h, beta=3.0), OK),
     ("F.softplus", "threshold"): (lambda m, h: F.softplus(h, beta=2.0, threshold=1.0), OK),
     ("F.hardtanh", "min_val"): (lambda m, h: F.hardtanh(h, min_val=-0.3), OK),
@@ -177,6 +179,8 @@ POINTWISE = {
     "exp2-log2-log10": lambda m, h: torch.exp2(h) + (h + 3).log2() + torch.log10(h + 3),
     "expit-tanhshrink": lambda m, h: torch.special.expit(h) + F.tanhshrink(2 * h),
     "hardswish-hardsigmoid": lambda m, h: F.hardswish(4 * h) + F.hardsigmoid(5 * h),
+    "torch.rms_norm": lambda m, h: torch.rms_norm(h, (4,), m.M[:, 0], 1e-3),
+    "prelu-one-slope": lambda m, h: F.prelu(h, m.M[:1, 0]) + nn.functional.prelu(2 * h, m.M[:, 1]),
     "lerp-tensor-weight": lambda m, h: torch.lerp(h, h.cos(), torch.sigmoid(h)) + h.lerp(h.sin(), 0.25),
 }
 
@@ -190,6 +194,13 @@ def _batch_norm(**kw):
             bn.weight.copy_(torch.tensor([1.5, 0.7, -1.0, 2.0]))
             bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
     return bn.eval()
+
+
+def _prelu(per_feature: bool = True):
+    p = nn.PReLU(4 if per_feature else 1)
+    with torch.no_grad():
+        p.weight.copy_(torch.tensor([0.1, -0.3, 0.5, 0.25])[: p.weight.numel()])
+    return p
 
 
 def _layer_norm(cls=nn.LayerNorm, **kw):
@@ -228,7 +239,10 @@ MODULE_CASES = {
     (nn.ELU, "inplace"): (nn.ELU(inplace=True), OK),
     (nn.SELU, "inplace"): (nn.SELU(inplace=True), OK),
     (nn.SiLU, "inplace"): (nn.SiLU(inplace=True), OK),
-    (nn.GELU, "approximate"): (nn.GELU(approximate="tanh"), "approximate"),
+    (nn.GELU, "approximate"): (nn.GELU(approximate="tanh"), OK),
+    (nn.PReLU, "weight"): (_prelu(), OK),
+    (nn.CELU, "alpha"): (nn.CELU(alpha=0.6), OK),
+    (nn.CELU, "inplace"): (nn.CELU(inplace=True), OK),
     (nn.Softplus, "beta"): (nn.Softplus(beta=100), OK),
     (nn.Softplus, "threshold"): (nn.Softplus(beta=2, threshold=0.5), OK),
     (nn.Hardtanh, "min_val"): (nn.Hardtanh(min_val=-0.2), OK),
@@ -282,27 +296,30 @@ def _check(module, expect):
     with torch.no_grad():
         ref_phi = module(x)
     assert torch.allclose(net.integral(x).detach(), ref_phi, rtol=1e-12, atol=1e-12)
-    with detach_is_identity(), documented_hard_activations():
+    with detach_is_identity(), documented_activations():
         # (functorch refuses requires_grad_ inside jvp; as a function it is the identity)
         ref = _nested_jvp(module, x, 0).detach()
     assert torch.allclose(net.grad(x).detach(), ref, rtol=1e-9, atol=1e-11)
 
 
 @contextlib.contextmanager
-def documented_hard_activations():
-    """torch's float64 hardsigmoid/hardswish derivatives are float32-accurate (1.7e-8 off the exact 1/6
-    on the Body's inputs, against autograd and a hand derivative); the oracle uses their documented
-    definitions, clamp(x/6 + 1/2, 0, 1) and x · that, whose torch derivatives are exact."""
-    original = F.hardsigmoid, F.hardswish
+def documented_activations():
+    """torch's float64 derivatives of hardsigmoid / hardswish and of celu with an alpha that float32 does
+    not hold exactly are float32-accurate (1.7e-8 off the exact 1/6; 4e-8 off exp(x/0.6), against a hand
+    derivative): the oracle uses their documented definitions, whose torch derivatives are exact."""
+    original = F.hardsigmoid, F.hardswish, F.celu
 
     def hardsigmoid(x, inplace=False):
         return torch.clamp(x / 6 + 0.5, 0.0, 1.0)
 
-    F.hardsigmoid, F.hardswish = hardsigmoid, lambda x, inplace=False: x * hardsigmoid(x)
+    def celu(x, alpha=1.0, inplace=False):
+        return torch.clamp(x, min=0) + torch.clamp(alpha * (torch.exp(x / alpha) - 1), max=0)
+
+    F.hardsigmoid, F.hardswish, F.celu = hardsigmoid, lambda x, inplace=False: x * hardsigmoid(x), celu
     try:
         yield
     finally:
-        F.hardsigmoid, F.hardswish = original
+        F.hardsigmoid, F.hardswish, F.celu = original
 
 
 @pytest.mark.parametrize("key", sorted(CASES), ids=[f"{a}-{b}" for a, b in sorted(CASES)])

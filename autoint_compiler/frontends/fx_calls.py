@@ -122,10 +122,33 @@ def _silu(L, node, input, inplace=False):
     return L.pointwise(node, input, A.activation("swish"))
 
 
+#: torch's tanh approximation of GELU, as its documentation writes it (sqrt(2/pi) to double precision)
+_GELU_TANH = "0.5*x*(1 + tanh(0.7978845608028654*(x + 0.044715*x**3)))"
+
+
 def _gelu(L, node, input, approximate="none"):
+    if approximate == "tanh":
+        return L.pointwise(node, input, A.formula(_GELU_TANH))
     if approximate != "none":
-        L.refuse(node, f"gelu(approximate={approximate!r})", "use the exact GELU (approximate='none')")
+        L.refuse(node, f"gelu(approximate={approximate!r})", "approximate='none' or 'tanh'")
     return L.pointwise(node, input, A.activation("gelu"))
+
+
+def _prelu(L, node, input, weight):
+    """relu(x) − a·relu(−x), ``a`` (one slope, or one per feature) read live."""
+    if not isinstance(weight, State):
+        L.refuse(node, "prelu with a slope computed from x", "a slope that is a parameter of the module")
+    relu = A.activation("relu")
+    neg = L.pointwise(node, L.arith(node, "mul", input, -1.0), relu)
+    return L.arith(node, "sub", L.pointwise(node, input, relu), L.arith(node, "mul", neg, weight))
+
+
+def _celu(L, node, input, alpha=1.0, inplace=False):
+    """alpha · elu(x / alpha)."""
+    alpha = L.finite(node, alpha, "alpha")
+    if alpha == 0:
+        L.refuse(node, "celu with alpha=0", "alpha != 0 (torch divides by it)")
+    return L.arith(node, "mul", _elu(L, node, L.arith(node, "mul", input, 1.0 / alpha)), alpha)
 
 
 def _softplus(L, node, input, beta=1.0, threshold=20.0):
@@ -659,6 +682,8 @@ for _names, _text in (
     _row(f"torch.{_names[0]}", _pwf(_text), *(getattr(torch, n) for n in _names), *(_m(n) for n in _names))
 _row("torch.special.erf", _pwf("erf(x)"), torch.special.erf)
 _row("torch.special.expit", _pw("sigmoid"), torch.special.expit)
+_row("F.prelu", _prelu, F.prelu)
+_row("F.celu", _celu, F.celu, torch.celu)
 _row("F.tanhshrink", lambda L, node, input: L.pointwise(node, input, A.formula("x - tanh(x)")), F.tanhshrink)
 _row("F.hardsigmoid", _hardsigmoid, F.hardsigmoid)
 _row("F.hardswish", _hardswish, F.hardswish)
@@ -668,7 +693,7 @@ _row("torch.lerp", _lerp, torch.lerp, _m("lerp"))
 _row("torch.linalg.vector_norm", _vector_norm, torch.linalg.vector_norm)
 _row("torch.linalg.norm", _linalg_norm, torch.linalg.norm)
 _row("F.layer_norm", _layer_norm, F.layer_norm)
-_row("F.rms_norm", _rms_norm, F.rms_norm)
+_row("F.rms_norm", _rms_norm, F.rms_norm, torch.rms_norm)
 _row("F.tanh", _pw("tanh"), F.tanh)
 _row("F.sigmoid", _pw("sigmoid"), F.sigmoid)
 _row("torch.sqrt", _sqrt, torch.sqrt, _m("sqrt"))
@@ -791,6 +816,8 @@ MODULES: dict[type, ModuleRow] = {
             "bias",
         ),
     ),
+    nn.PReLU: ModuleRow(lambda L, n, m, a: _prelu(L, n, a, L.tensor_state(f"{n.target}.weight")), ("weight",)),
+    nn.CELU: ModuleRow(lambda L, n, m, a: _celu(L, n, a, m.alpha), ("alpha", "inplace")),
     nn.Tanhshrink: ModuleRow(lambda L, n, m, a: L.pointwise(n, a, A.formula("x - tanh(x)"))),
     nn.Hardsigmoid: ModuleRow(lambda L, n, m, a: _hardsigmoid(L, n, a), ("inplace",)),
     nn.Hardswish: ModuleRow(lambda L, n, m, a: _hardswish(L, n, a), ("inplace",)),
