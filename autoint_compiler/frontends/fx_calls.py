@@ -226,9 +226,13 @@ def _feature_norm(L, node, what: str, input, normalized_shape, weight, bias, eps
     centred = L.arith(node, "sub", a, Ref(L.b.scale(L.b.sum(a), 1.0 / w))) if centre else a
     var = Ref(L.b.scale(L.b.sum(L.b.mul(int(centred), int(centred))), 1.0 / w))
     out = L.arith(node, "mul", centred, L.pointwise(node, L.arith(node, "add", var, eps), A.formula("1/sqrt(x)")))
-    for v, op in ((weight, "mul"), (bias, "add")):
-        if v is not None:
-            out = L.arith(node, op, out, v)
+    for v, op, name in ((weight, "mul", "weight"), (bias, "add", "bias")):
+        if v is None:
+            continue
+        if not isinstance(v, State) or tuple(v.value.shape) != (w,):
+            got = f"of shape {tuple(v.value.shape)}" if isinstance(v, State) else "computed from x"
+            L.refuse(node, f"{what} with a {name} {got}", f"a parameter or buffer of shape ({w},), as torch requires")
+        out = L.arith(node, op, out, v)
     return out
 
 
@@ -405,6 +409,8 @@ def _addcmul(L, node, input, tensor1, tensor2, *, value=1, out=None):
 def _lerp(L, node, input, end, weight, *, out=None):
     """input + weight · (end − input)."""
     _no_out(L, node, out)
+    if is_number(weight):
+        weight = L.finite(node, weight, "weight")
     return L.arith(node, "add", input, L.arith(node, "mul", L.arith(node, "sub", end, input), weight))
 
 
