@@ -336,11 +336,8 @@ def control_variate_ceiling(
 
     length2 = (2 * half[:, 0]) ** 2
     var_f = (fvals.var(dim=1, unbiased=False) * length2).sum()
-    param = next(net.grad.parameters())
     flat = pts.reshape(-1, 3)
-    with torch.no_grad():
-        g_net = torch.cat([net.grad(c.to(param.device, param.dtype)).double().cpu() for c in flat.split(65536)])
-    gs = {"network": g_net.reshape(fvals.shape)}
+    gs = {"network": _grad_values(net, flat).reshape(fvals.shape)}
     for name, sino, theta in (
         ("fbp_measured_angles", problem.sub_sino, problem.sub_theta),
         ("fbp_all_angles", problem.sino, problem.theta),
@@ -442,11 +439,18 @@ def line_spread(net: Any, n_points: int = 2048, n_angles: int = 8, seed: int = 0
     """Line consistency of a trained network: for random points of the disk, the standard deviation of
     the attenuation ``n_angles`` random lines through each assign to it, averaged, relative to the mean
     absolute attenuation (0: every line agrees)."""
-    param = next(net.grad.parameters())
     gen = torch.Generator().manual_seed(seed)
     pts, th = _disk_points_and_angles(n_points, n_angles, gen)
-    g = net.grad(point_inputs(net, pts, th).to(param.device, param.dtype)).double().cpu().reshape(n_points, n_angles)
+    g = _grad_values(net, point_inputs(net, pts, th)).reshape(n_points, n_angles)
     return float(g.std(dim=1).mean() / (g.abs().mean() + 1e-12))
+
+
+@torch.no_grad()
+def _grad_values(net: Any, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """The grad network at the inputs ``x`` [M, 3] (any dtype, on the CPU), in chunks on the network's
+    device and dtype: [M, 1] float64 on the CPU."""
+    param = next(net.grad.parameters())
+    return torch.cat([net.grad(c.to(param.device, param.dtype)).double().cpu() for c in x.split(chunk)])
 
 
 def _metrics(pred: np.ndarray, problem: CTProblem) -> dict[str, Any]:

@@ -311,11 +311,6 @@ def _torch_dropout(L, node, input, p, train):
     return _dropout(L, node, input, p, train)
 
 
-def _sqrt(L, node, input, *, out=None):
-    _no_out(L, node, out)
-    return L.pointwise(node, input, A.formula("sqrt(x)"))
-
-
 def _square(L, node, input, *, out=None):
     _no_out(L, node, out)
     return L.arith(node, "mul", input, input)
@@ -702,7 +697,7 @@ _row("F.layer_norm", _layer_norm, F.layer_norm)
 _row("F.rms_norm", _rms_norm, F.rms_norm, torch.rms_norm)
 _row("F.tanh", _pw("tanh"), F.tanh)
 _row("F.sigmoid", _pw("sigmoid"), F.sigmoid)
-_row("torch.sqrt", _sqrt, torch.sqrt, _m("sqrt"))
+_row("torch.sqrt", _pwf("sqrt(x)"), torch.sqrt, _m("sqrt"))
 _row("torch.square", _square, torch.square, _m("square"))
 _row("F.relu", _relu, F.relu, torch.relu, _m("relu"))
 _row("F.relu_", _inplace(_relu), F.relu_, torch.relu_, _m("relu_"), inplace=True)

@@ -570,17 +570,17 @@ def fit_line_integrals(
         idx = torch.randint(lo_i, hi_i, (batch,), generator=gen, device=gen.device)
         x, lo, hi, val = data.x[idx], data.lower[idx], data.upper[idx], data.value[idx]
         extra: dict[str, torch.Tensor] = {}
-        if mode == "grad" and penalty is not None:
-            pts = penalty.points(gen).to(device=x.device, dtype=x.dtype)
+        if mode == "grad":
+            grad = m
+            if penalty is not None:  # the penalty's points ride in the same call as the line samples
+                pts = penalty.points(gen).to(device=x.device, dtype=x.dtype)
 
-            def both(z: torch.Tensor) -> torch.Tensor:
-                out = m(torch.cat([z, pts], 0))
-                extra["values"] = out[z.shape[0] :]
-                return out[: z.shape[0]]
+                def grad(z: torch.Tensor) -> torch.Tensor:
+                    out = m(torch.cat([z, pts], 0))
+                    extra["values"] = out[z.shape[0] :]
+                    return out[: z.shape[0]]
 
-            pred = line_integral_mc(both, x, lo, hi, column, n_samples, gen, stratified=True)
-        elif mode == "grad":
-            pred = line_integral_mc(m, x, lo, hi, column, n_samples, gen, stratified=True)
+            pred = line_integral_mc(grad, x, lo, hi, column, n_samples, gen, stratified=True)
         else:  # Phi(b) - Phi(a) through the module handed in (DDP/compiled integral network)
             ends = torch.cat([x, x], 0)
             ends[:batch, column] = hi
