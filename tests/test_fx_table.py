@@ -397,3 +397,24 @@ def test_keyword_only_calls_bind_like_torch(body):
 def test_unknown_keyword_is_named():
     with pytest.raises(ac.CompileError, match="foo"):
         ac.compile_module(Body(lambda m, h: torch.sin(h, foo=1)).double(), 2, [0])
+
+
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        (lambda m, h: F.layer_norm(h, (4,), h), "layer_norm with a weight computed from x"),
+        (lambda m, h: F.layer_norm(h, (4,), m.b), r"layer_norm with a weight of shape \(3,\)"),
+        (lambda m, h: F.rms_norm(h, (4,), eps=-1.0), "rms_norm with eps=-1.0"),
+        (lambda m, h: F.layer_norm(h, (2, 2)), r"normalized_shape=\(2, 2\)"),
+        (lambda m, h: torch.lerp(h, h.sin(), float("nan")), "weight=nan"),
+        (lambda m, h: F.celu(h, 0.0), "celu with alpha=0"),
+        (lambda m, h: F.prelu(h, h[:, :1]), "prelu with a slope computed from x"),
+    ],
+    ids=["ln-weight-from-x", "ln-weight-shape", "rms-eps", "ln-2d-shape", "lerp-nan", "celu-alpha-0", "prelu-x"],
+)
+def test_malformed_uses_of_the_new_rows_are_refused_by_name(body, match):
+    """Inputs met while probing the rows: each is a one-line CompileError naming the call, never a module
+    that compiles where torch itself would fail."""
+    with pytest.raises(ac.CompileError, match=match) as info:
+        ac.compile_module(Body(body).double(), 2, [0])
+    assert "\n" not in str(info.value) and "test_fx_table.py" in str(info.value)
